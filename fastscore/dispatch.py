@@ -1,0 +1,83 @@
+"""Which backend runs an op on a given device (DESIGN.md section 1).
+
+A backend is a module exposing the ops with the reference's signatures plus
+`unavailable_reason(device) -> str | None`:
+
+    torch   fastscore.reference   always available
+    triton  fastscore.kernels     Triton kernels (CUDA, or the CPU interpreter with TRITON_INTERPRET=1)
+    ext     fastscore.extension   the compiled fastscore._C (C++ CPU kernels, CUDA kernels if built)
+
+`auto` takes ext if it is built for the device, else triton on CUDA, else torch. An explicit backend
+that cannot run raises BackendUnavailable with the reason; nothing silently falls back.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+NAMES = ("torch", "triton", "ext")
+_MODULES = {"torch": "fastscore.reference", "triton": "fastscore.kernels", "ext": "fastscore.extension"}
+ENV_VAR = "FASTSCORE_BACKEND"
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run on the requested device."""
+
+
+def _load(name: str) -> tuple[ModuleType | None, str | None]:
+    try:
+        return importlib.import_module(_MODULES[name]), None
+    except ImportError as exc:  # e.g. triton not installed
+        return None, f"cannot import {_MODULES[name]}: {exc}"
+
+
+def unavailable_reason(name: str, device: torch.device | str) -> str | None:
+    """None if backend `name` can run ops on `device`, else a sentence saying why not."""
+    module, reason = _load(name)
+    if module is None:
+        return reason
+    return module.unavailable_reason(torch.device(device))
+
+
+def requested_backend(backend: str | None) -> str:
+    """The backend asked for: the argument, else $FASTSCORE_BACKEND, else auto."""
+    name = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
+    if name != "auto" and name not in NAMES:
+        source = "backend" if backend is not None else ENV_VAR
+        raise ValueError(f"{source} must be one of 'auto', {', '.join(map(repr, NAMES))}; got {name!r}")
+    return name
+
+
+def resolve_name(backend: str | None, device: torch.device | str) -> str:
+    device = torch.device(device)
+    name = requested_backend(backend)
+    if name == "auto":
+        order = ("ext", "triton", "torch") if device.type == "cuda" else ("ext", "torch")
+        return next(n for n in order if unavailable_reason(n, device) is None)
+    reason = unavailable_reason(name, device)
+    if reason is not None:
+        raise BackendUnavailable(f"backend {name!r} is not available on {device.type}: {reason}")
+    return name
+
+
+def resolve(backend: str | None, device: torch.device | str) -> ModuleType:
+    """The backend module that runs an op for tensors on `device`."""
+    return _load(resolve_name(backend, device))[0]
+
+
+def backends() -> list[dict]:
+    """One row per (backend, device type): whether it works and, if not, why."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        auto = resolve_name("auto", device)
+        for name in NAMES:
+            reason = unavailable_reason(name, device)
+            rows.append(
+                {"backend": name, "device": device, "available": reason is None,
+                 "auto": name == auto, "reason": reason or ""}
+            )
+    return rows

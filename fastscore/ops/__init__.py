@@ -1,0 +1,7 @@
+"""The public fused ops: input checks, then the backend chosen by fastscore.dispatch."""
+from .dsm import dsm_loss, perturb
+from .langevin import langevin_step_
+from .norm import cond_instance_norm_plus
+from .randn import randn
+
+__all__ = ["cond_instance_norm_plus", "perturb", "dsm_loss", "langevin_step_", "randn"]

@@ -1,0 +1,130 @@
+"""Every backend's ops against fastscore.reference, forward and backward (DESIGN.md section 4).
+
+The same tests run for every backend that works on every visible device: on this CPU-only machine the
+torch backend, the ext CPU kernels and the Triton kernels in the interpreter; on a GPU the CUDA
+versions too, with larger shapes. Outputs are compared with the reference computed in float64.
+"""
+import pytest
+import torch
+
+import fastscore
+from fastscore import reference
+
+from conftest import backend_params, poisoned_empty, tolerances
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+NORM_SHAPES = [(2, 3, 5, 7), (1, 1, 4, 4), (3, 4, 1, 1), (2, 5, 33, 17), (1, 2, 3, 3)]
+NORM_SHAPES_GPU = NORM_SHAPES + [(4, 64, 32, 32), (2, 8, 256, 256), (3, 33, 17, 19)]
+FLAT_SHAPES = [(1, 1, 1, 1), (3, 1, 5, 7), (4, 3, 8, 8), (2, 1000)]
+FLAT_SHAPES_GPU = FLAT_SHAPES + [(100, 3, 32, 32), (7, 3, 131, 67)]
+
+
+def shapes_for(device, cpu_shapes, gpu_shapes):
+    return gpu_shapes if device == "cuda" else cpu_shapes
+
+
+def make(shape, dtype, device, memory_format=torch.contiguous_format, scale=1.0, shift=0.0):
+    t = torch.randn(shape, dtype=torch.float32) * scale + shift
+    return t.to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
+
+
+def assert_close(got, want, dtype, name):
+    rtol, atol = tolerances(dtype)
+    assert not torch.isnan(got).any(), f"{name} has NaN (unwritten elements?)"
+    torch.testing.assert_close(got.double().cpu(), want.double().cpu(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("activation", [None, "elu", "relu"])
+def test_norm_forward_backward(backend, device, dtype, channels_last, activation):
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for i, shape in enumerate(shapes_for(device, NORM_SHAPES, NORM_SHAPES_GPU)):
+        n, c = shape[:2]
+        per_sample = i % 2 == 0
+        pshape = (n, c) if per_sample else (c,)
+        x = make(shape, dtype, device, fmt, scale=2.0, shift=0.5).requires_grad_()
+        gamma = make(pshape, dtype, device, scale=0.3, shift=1.0).requires_grad_()
+        alpha = make(pshape, dtype, device, scale=0.5).requires_grad_()
+        beta = None if i == 3 else make(pshape, dtype, device, scale=0.5).requires_grad_()
+        inputs = [t for t in (x, gamma, alpha, beta) if t is not None]
+        with poisoned_empty():
+            y = fastscore.cond_instance_norm_plus(x, gamma, alpha, beta, activation=activation, backend=backend)
+        assert y.dtype == dtype and y.shape == x.shape
+        assert y.is_contiguous(memory_format=fmt), "y must keep x's memory format"
+        ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
+        rx, rg, ra = ref_inputs[:3]
+        rb = ref_inputs[3] if beta is not None else None
+        y_ref = reference.cond_instance_norm_plus(rx, rg, ra, rb, 1e-5, activation)
+        assert_close(y, y_ref, dtype, f"y {shape}")
+
+        grad_out = make(shape, dtype, device, fmt)
+        with poisoned_empty():
+            grads = torch.autograd.grad(y, inputs, grad_out)
+        grads_ref = torch.autograd.grad(y_ref, ref_inputs, grad_out.double())
+        # dx carries 1/sqrt(var + eps) (316 when a plane is constant, as with H*W = 1) times a difference
+        # of terms that cancel: float32 rounding grows with that factor. Parameter grads are sums over
+        # N*H*W terms. Scale each tolerance accordingly.
+        rstd_max = (rx.detach().var((2, 3), unbiased=False) + 1e-5).rsqrt().max().item()
+        for name, g, g_ref in zip(("dx", "dgamma", "dalpha", "dbeta"), grads, grads_ref):
+            scale = max(1.0, rstd_max / 10) if name == "dx" else max(1.0, g_ref.abs().max().item())
+            assert_close(g / scale, g_ref / scale, dtype, f"{name} {shape}")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_perturb(backend, device, dtype):
+    for i, shape in enumerate(shapes_for(device, FLAT_SHAPES, FLAT_SHAPES_GPU)):
+        x = make(shape, dtype, device)
+        if i % 2:
+            x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        sigma = torch.rand(shape[0], device=device) * 2 + 0.01
+        with poisoned_empty():
+            got = fastscore.perturb(x, sigma, seed=123, offset=10 * i + 1, backend=backend)
+        assert got.dtype == dtype and got.shape == x.shape
+        want = reference.perturb(x.double(), sigma.double(), 123, 10 * i + 1)
+        assert_close(got, want, dtype, f"perturb {shape}")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_dsm_loss_forward_backward(backend, device, dtype, reduction):
+    for i, shape in enumerate(shapes_for(device, FLAT_SHAPES, FLAT_SHAPES_GPU)):
+        scores = make(shape, dtype, device, scale=3.0)
+        if i % 2 and scores.dim() == 4:
+            scores = scores.contiguous(memory_format=torch.channels_last)
+        scores.requires_grad_()
+        sigma = torch.rand(shape[0], device=device) + 0.05
+        power = 2.0 if i % 2 else 1.5
+        with poisoned_empty():
+            loss = fastscore.dsm_loss(scores, sigma, 77, 5 + i, power, reduction, backend=backend)
+        rs = scores.detach().double().requires_grad_()
+        loss_ref = reference.dsm_loss(rs, sigma.double(), 77, 5 + i, power, reduction)
+        assert loss.shape == loss_ref.shape
+        scale = max(1.0, loss_ref.abs().max().item())
+        # The loss is a float32 sum of many terms whatever the storage dtype: hold it to float32 rtol.
+        assert_close(loss / scale, loss_ref / scale, torch.float32 if dtype != torch.float16 else dtype, "loss")
+        grad_out = torch.rand_like(loss_ref, dtype=torch.float32).to(device) + 0.5
+        with poisoned_empty():
+            (g,) = torch.autograd.grad(loss, scores, grad_out.to(loss.dtype))
+        (g_ref,) = torch.autograd.grad(loss_ref, rs, grad_out.double())
+        assert g.dtype == dtype
+        gscale = max(1.0, g_ref.abs().max().item())
+        assert_close(g / gscale, g_ref / gscale, dtype, f"dscores {shape}")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_langevin_step_in_place(backend, device, dtype):
+    for i, shape in enumerate(shapes_for(device, FLAT_SHAPES, FLAT_SHAPES_GPU)):
+        x = make(shape, dtype, device)
+        score = make(shape, dtype if i % 2 else torch.float32, device, scale=5.0)
+        step, noise_scale = 3e-3 * (i + 1), (None if i % 2 else 0.02)
+        want = reference.langevin_step_(x.double(), score.double(), step, 9, 1000 + i, noise_scale)
+        ptr = x.data_ptr()
+        out = fastscore.langevin_step_(x, score, step, 9, 1000 + i, noise_scale, backend=backend)
+        assert out is x and x.data_ptr() == ptr, "langevin_step_ must update x in place and return it"
+        assert_close(x, want, dtype, f"x {shape}")
