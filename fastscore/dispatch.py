@@ -12,7 +12,9 @@ that cannot run raises BackendUnavailable with the reason; nothing silently fall
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
 import os
 from types import ModuleType
 
@@ -42,6 +44,8 @@ def unavailable_reason(name: str, device: torch.device | str) -> str | None:
     return module.unavailable_reason(torch.device(device))
 
 
+
+
 def requested_backend(backend: str | None) -> str:
     """The backend asked for: the argument, else $FASTSCORE_BACKEND, else auto."""
     name = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
@@ -63,9 +67,22 @@ def resolve_name(backend: str | None, device: torch.device | str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=None)
+def _resolved_name(requested: str, device_type: str) -> str:
+    return resolve_name(requested, device_type)
+
+
+@torch.compiler.assume_constant_result
+def _resolved_name_constant(requested: str, device_type: str) -> str:
+    # Availability does not change within a process: under torch.compile the choice is made once at
+    # trace time and baked in, instead of tracing the imports and probes behind it (a graph break).
+    return _resolved_name(requested, device_type)
+
+
 def resolve(backend: str | None, device: torch.device | str) -> ModuleType:
     """The backend module that runs an op for tensors on `device`."""
-    return _load(resolve_name(backend, device))[0]
+    name = _resolved_name_constant(requested_backend(backend), torch.device(device).type)
+    return sys.modules[_MODULES[name]]  # imported by the availability probe
 
 
 def backends() -> list[dict]:

@@ -84,10 +84,26 @@ def normal_stream(numel: int, seed: int, offset: int = 0, device=None) -> torch.
     n2, n3 = box_muller(u2, u3)
     lanes = torch.stack((n0, n1, n2, n3), dim=1).reshape(-1)
     start = offset - 4 * first_block
-    return lanes[start : start + numel]
+    # A copy rather than a view at an odd storage offset: compiled callers expect aligned outputs.
+    return lanes[start : start + numel].clone() if start else lanes[:numel]
+
+
+@torch.library.custom_op("fastscore_reference::normal_stream", mutates_args=())
+def _normal_stream_op(numel: int, seed: int, offset: int, device: torch.device) -> torch.Tensor:
+    return normal_stream(numel, seed, offset, device)
+
+
+@_normal_stream_op.register_fake
+def _(numel, seed, offset, device):
+    return torch.empty(numel, dtype=torch.float32, device=device)
 
 
 def randn(shape, seed: int, offset: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Standard normals z with z.flatten()[i] = normal(seed, offset + i), reference implementation."""
+    """Standard normals z with z.flatten()[i] = normal(seed, offset + i), reference implementation.
+
+    Behind an opaque custom op so torch.compile calls it rather than inlining ten unrolled Philox
+    rounds of int64 arithmetic into one fused expression, which Inductor takes minutes to lower.
+    """
     shape = torch.Size(shape if not isinstance(shape, int) else (shape,))
-    return normal_stream(shape.numel(), seed, offset, device).reshape(shape).to(dtype)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return _normal_stream_op(shape.numel(), seed, offset, device).reshape(shape).to(dtype)

@@ -128,3 +128,30 @@ def test_langevin_step_in_place(backend, device, dtype):
         out = fastscore.langevin_step_(x, score, step, 9, 1000 + i, noise_scale, backend=backend)
         assert out is x and x.data_ptr() == ptr, "langevin_step_ must update x in place and return it"
         assert_close(x, want, dtype, f"x {shape}")
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_ops_trace_whole_under_torch_compile(backend, device):
+    """torch.compile(fullgraph=True) of a function using every op: one graph, same numbers as eager.
+
+    aot_eager traces through dynamo and AOT autograd with fake tensors (the part registration must
+    get right) without spending minutes in Inductor's code generation on this CPU.
+    """
+    torch.manual_seed(5)
+    x = make((2, 3, 5, 5), torch.float32, device).requires_grad_()
+    gamma, alpha = make((2, 3), torch.float32, device, scale=0.2, shift=1.0), make((3,), torch.float32, device)
+    sigma = torch.rand(2, device=device) + 0.1
+
+    def step(x):
+        h = fastscore.cond_instance_norm_plus(x, gamma, alpha, None, 1e-5, "elu", backend=backend)
+        noisy = fastscore.perturb(h, sigma, 3, 16, backend=backend)
+        loss = fastscore.dsm_loss(noisy, sigma, 3, 16, backend=backend)
+        return loss, fastscore.langevin_step_(noisy.detach().clone(), h.detach(), 1e-3, 4, backend=backend)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss, moved = compiled(x)
+    (grad,) = torch.autograd.grad(loss, x)
+    loss_e, moved_e = step(x)
+    (grad_e,) = torch.autograd.grad(loss_e, x)
+    for got, want in ((loss, loss_e), (moved, moved_e), (grad, grad_e)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,14 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+def can_read_values() -> bool:
+    """Whether checks may read tensor values: not while torch.compile traces (a data-dependent branch
+    would break the graph) nor while a CUDA graph is captured (a device-to-host copy is illegal)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
 def tensor(name: str, t, *, dim: int | None = None, min_dim: int = 1) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -42,8 +50,8 @@ def finite_number(name: str, value, *, positive: bool = False, non_negative: boo
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            return  # reading a device value would break CUDA graph capture
+        if not can_read_values():
+            return
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -61,7 +69,7 @@ def sigma(s, x: torch.Tensor, x_name: str) -> None:
     if s.shape[0] != x.shape[0]:
         raise ValueError(f"sigma must have shape (N,) = ({x.shape[0]},) to match {x_name}, got {tuple(s.shape)}")
     same_device("sigma", s, x_name, x)
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+    if not can_read_values():
         return
     if not bool(torch.isfinite(s).all()):
         raise ValueError("sigma must be finite, got non-finite values")
