@@ -1,0 +1,236 @@
+"""Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1), as ermongroup/ncsn's code runs it.
+
+For each noise level i = 0 .. L-1, from the largest sigma to the smallest, T = n_steps_each updates
+
+    x <- x + a_i * s(x, i) + sqrt(2 a_i) * z,        a_i = step_lr * (sigma_i / sigma_L)^2
+
+with s the score model and z the counter-based noise stream of DESIGN.md section 3: one seed per run,
+and an offset that advances by x.numel() after every draw, so a seed fixes the whole trajectory on
+every backend and device and no noise is ever reused.
+
+The model call convention is model(x, labels), labels a LongTensor (N,) holding the level index i,
+as ncsn's conditional networks take it; an NCSNv2-style network maps labels to its sigmas itself.
+That call lives in AnnealedLangevin.score alone, so another convention is a one-method change.
+
+The per-level work is one method (run_level) taking (x, labels, step_size, seed, offset) and updating
+x in place, so a later change can capture it in a CUDA graph with offset and step size as device
+tensors; nothing here does that yet.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from .noise import MAX_SEED, check_seed_offset
+from .ops import langevin_step_, randn
+
+Callback = Callable[[int, int, torch.Tensor], None]
+
+
+def _check_sigmas(sigmas) -> tuple[float, ...]:
+    """Noise levels as python floats, validated: non-empty, finite, positive, largest first."""
+    try:
+        values = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"sigmas must be a sequence of numbers or a 1-D tensor, got {type(sigmas).__name__}") from exc
+    if values.dim() != 1 or values.numel() == 0:
+        raise ValueError(f"sigmas must be a non-empty 1-D sequence, got shape {tuple(values.shape)}")
+    if not bool(torch.isfinite(values).all()) or not bool((values > 0).all()):
+        raise ValueError(f"sigmas must be finite and > 0, got {values.tolist()}")
+    if values.numel() > 1 and not bool((values[1:] <= values[:-1]).all()):
+        raise ValueError("sigmas must run from the largest to the smallest (annealing order), "
+                         f"got {values.tolist()}")
+    return tuple(values.tolist())
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The run's seed: the one given, or one draw from torch's default generator (so torch.manual_seed
+    makes an unseeded run reproducible too)."""
+    if seed is None:
+        return int(torch.randint(0, MAX_SEED, (1,), dtype=torch.int64).item())
+    check_seed_offset(seed, 0)
+    return seed
+
+
+def uniform_init(shape, seed: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """ncsn's starting point, uniform in [0, 1): drawn on the CPU from a generator seeded with the run's
+    seed, so the start, like the noise, depends on the seed alone and not on the device."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.rand(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+class AnnealedLangevin:
+    """Sampler for a score model trained on `sigmas` (largest first).
+
+    model(x, labels) -> score with x's shape; labels: LongTensor (N,) of level indices.
+    n_steps_each: T, updates per level. step_lr: the step size at the smallest sigma (ncsn's epsilon).
+    denoise: finish with x + sigma_L^2 * s(x, L-1) and no noise (NCSNv2's final denoising step).
+    shape: the shape of one sample, e.g. (1, 28, 28), needed by sample(n) (not by sample(x_init)).
+    device, dtype: where and in what dtype sample(n) starts (default: the model's first parameter's
+    device, else the CPU; float32).
+    clamp: (low, high) to clamp the returned samples to, e.g. (0, 1) for images; None returns x as
+    the dynamics leave it (ncsn clamps only when it saves images; fastscore.images clamps too).
+    backend: passed to fastscore.langevin_step_ and fastscore.randn (None: the default backend).
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        sigmas: Sequence[float] | torch.Tensor,
+        n_steps_each: int = 100,
+        step_lr: float = 2e-5,
+        denoise: bool = False,
+        *,
+        shape: Sequence[int] | None = None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        clamp: tuple[float, float] | None = None,
+        backend: str | None = None,
+    ):
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x, labels), got {type(model).__name__}")
+        if isinstance(n_steps_each, bool) or not isinstance(n_steps_each, int) or n_steps_each < 1:
+            raise ValueError(f"n_steps_each must be an int >= 1, got {n_steps_each!r}")
+        if isinstance(step_lr, bool) or not isinstance(step_lr, (int, float)) or not math.isfinite(step_lr) or step_lr <= 0:
+            raise ValueError(f"step_lr must be a finite number > 0, got {step_lr!r}")
+        if clamp is not None and (len(clamp) != 2 or not clamp[0] < clamp[1]):
+            raise ValueError(f"clamp must be None or (low, high) with low < high, got {clamp!r}")
+        self.model = model
+        self.sigmas = _check_sigmas(sigmas)
+        self.n_steps_each = n_steps_each
+        self.step_lr = float(step_lr)
+        self.denoise = bool(denoise)
+        self.shape = tuple(shape) if shape is not None else None
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.dtype = dtype
+        self.clamp = tuple(clamp) if clamp is not None else None
+        self.backend = backend
+        # ncsn: step_size = step_lr * (sigma / sigmas[-1]) ** 2, in double precision.
+        self.step_sizes = tuple(self.step_lr * (s / self.sigmas[-1]) ** 2 for s in self.sigmas)
+        self.last_seed: int | None = None  # the seed of the latest run, to reproduce an unseeded one
+
+    @property
+    def n_steps(self) -> int:
+        """Langevin updates per run (the optional denoise step not counted)."""
+        return len(self.sigmas) * self.n_steps_each
+
+    def score(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The one place the model is called: model(x, labels), labels the level indices."""
+        return self.model(x, labels)
+
+    def sample(self, n_or_x: int | torch.Tensor, seed: int | None = None, progress: bool = True,
+               callback: Callback | None = None) -> torch.Tensor:
+        """Draw samples: n_or_x is a count (start uniform in [0, 1) as ncsn, needs `shape`) or a starting
+        batch x_init (not modified). callback(step_index, level, x) runs after every update; x is the
+        live tensor, clone it to keep it. progress=False hides the tqdm bar."""
+        seed = resolve_seed(seed)
+        self.last_seed = seed
+        if isinstance(n_or_x, torch.Tensor):
+            x = _check_batch("x_init", n_or_x).detach().clone()
+        else:
+            if isinstance(n_or_x, bool) or not isinstance(n_or_x, int) or n_or_x < 1:
+                raise ValueError(f"sample takes a sample count >= 1 or an x_init tensor, got {n_or_x!r}")
+            if self.shape is None:
+                raise ValueError("sample(n) needs the shape of one sample: pass shape=(C, H, W) to "
+                                 "AnnealedLangevin, or call sample(x_init) with a starting batch")
+            x = uniform_init((n_or_x,) + self.shape, seed, self.device, self.dtype)
+        return self._run(x, seed, progress, callback)
+
+    def inpaint(self, reference: torch.Tensor, mask: torch.Tensor, seed: int | None = None, progress: bool = True,
+                callback: Callback | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
+        """Fill the pixels of `reference` where mask is zero, keeping those where it is nonzero (ncsn's
+        anneal_Langevin_dynamics_inpainting, any mask). mask broadcasts to reference's shape.
+
+        At each level i the known pixels are set to reference + sigma_i * z' (z' drawn once per level from
+        the noise stream) and re-imposed after every update, so the model always sees them at its current
+        noise level. The result holds the reference's known pixels exactly.
+        """
+        reference = _check_batch("reference", reference)
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+        try:
+            mask = torch.broadcast_to(mask.to(reference.device) != 0, reference.shape)
+        except RuntimeError as exc:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the reference's "
+                             f"shape {tuple(reference.shape)}") from exc
+        seed = resolve_seed(seed)
+        self.last_seed = seed
+        if x_init is None:
+            x = uniform_init(reference.shape, seed, reference.device, reference.dtype)
+        else:
+            x = _check_batch("x_init", x_init).detach().clone()
+            if x.shape != reference.shape or x.device != reference.device:
+                raise ValueError(f"x_init must match the reference's shape {tuple(reference.shape)} and device "
+                                 f"{reference.device}, got {tuple(x.shape)} on {x.device}")
+        x = self._run(x, seed, progress, callback, reference=reference.detach(), mask=mask)
+        return torch.where(mask, reference.to(x.dtype), x)
+
+    def run_level(self, x: torch.Tensor, labels: torch.Tensor, step_size: float, seed: int, offset: int,
+                  keep: tuple[torch.Tensor, torch.Tensor] | None = None, callback: Callback | None = None,
+                  first_step: int = 0, level: int = 0) -> int:
+        """One level's T updates of x in place, noise at offsets offset, offset + numel, ...; returns the
+        next free offset. keep = (mask, values) re-imposes values where mask is true after each update."""
+        numel = x.numel()
+        for t in range(self.n_steps_each):
+            langevin_step_(x, self.score(x, labels), step_size, seed, offset, backend=self.backend)
+            offset += numel
+            if keep is not None:
+                x.copy_(torch.where(keep[0], keep[1], x))
+            if callback is not None:
+                callback(first_step + t, level, x)
+        return offset
+
+    def _run(self, x: torch.Tensor, seed: int, progress: bool, callback: Callback | None,
+             reference: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        model = self.model
+        was_training = isinstance(model, torch.nn.Module) and model.training
+        if was_training:
+            model.eval()
+        bar = tqdm(total=self.n_steps, desc="annealed Langevin", unit="step", disable=not progress)
+        try:
+            with torch.no_grad():
+                offset = 0
+                labels = None
+                for level, (sigma, step_size) in enumerate(zip(self.sigmas, self.step_sizes)):
+                    labels = torch.full((x.shape[0],), level, dtype=torch.long, device=x.device)
+                    keep = None
+                    if reference is not None:
+                        dtype = torch.float64 if reference.dtype == torch.float64 else torch.float32
+                        z = randn(reference.shape, seed, offset, device=x.device, dtype=dtype,
+                                  backend=self.backend)
+                        offset += z.numel()
+                        keep = (mask, (reference.to(dtype) + sigma * z).to(x.dtype))
+                        x.copy_(torch.where(mask, keep[1], x))
+                    offset = self.run_level(x, labels, step_size, seed, offset, keep, callback,
+                                            first_step=level * self.n_steps_each, level=level)
+                    bar.update(self.n_steps_each)
+                    bar.set_postfix(sigma=f"{sigma:.4g}", refresh=False)
+                if self.denoise:
+                    # NCSNv2's last step: the posterior mean (Tweedie) at sigma_L, no noise.
+                    x.add_(self.score(x, labels).to(x.dtype), alpha=self.sigmas[-1] ** 2)
+        finally:
+            bar.close()
+            if was_training:
+                model.train()
+        if self.clamp is not None:
+            x.clamp_(*self.clamp)
+        return x
+
+
+def _model_device(model) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _check_batch(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point() or t.dim() < 1 or t.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty floating tensor with a batch dimension, "
+                         f"got {t.dtype} of shape {tuple(t.shape)}")
+    return t
