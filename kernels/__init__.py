@@ -1,5 +1,76 @@
-"""Triton kernels of the fused ops (installed as fastscore.kernels). Not written yet."""
+"""The `triton` backend: Triton kernels of the fused ops (installed as fastscore.kernels).
+
+One module per op (instance_norm, perturbation, score_matching, langevin, noise); each registers its
+kernels as torch.library custom ops under the namespace "fastscore_triton" (with fake kernels and
+autograd) so opcheck passes and torch.compile(fullgraph=True) traces through them.
+
+This module must import cheaply and never fail: triton is imported when availability is first asked
+for, each op module when its op first runs (a function-level `from . import`, which torch.compile can
+trace). Kernels run on CUDA, or on the CPU in Triton's interpreter when TRITON_INTERPRET=1 was set
+before triton was imported.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
 
 
-def unavailable_reason(device):
-    return "the Triton kernels are not written yet"
+@functools.lru_cache(maxsize=None)
+def _import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising something else
+        return f"triton cannot be imported ({type(exc).__name__}: {exc}); install it with `pip install triton`"
+    return None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable_reason(device) -> str | None:
+    """None if the Triton kernels can run on `device`, else a sentence saying why not."""
+    device = torch.device(device)
+    reason = _import_error()
+    if reason is not None:
+        return reason
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA device is visible to torch"
+        if _interpreting():
+            return "TRITON_INTERPRET=1 is set, so Triton runs kernels in its CPU interpreter, not on CUDA"
+        return None
+    if device.type == "cpu":
+        if not _interpreting():
+            return ("Triton kernels run on the CPU only in Triton's interpreter: set TRITON_INTERPRET=1 "
+                    "before triton is imported")
+        return None
+    return f"Triton kernels run on CUDA devices (or the CPU with TRITON_INTERPRET=1), not on {device.type}"
+
+
+def cond_instance_norm_plus(x, gamma, alpha, beta=None, eps=1e-5, activation=None):
+    from . import instance_norm
+    return instance_norm.cond_instance_norm_plus(x, gamma, alpha, beta, eps, activation)
+
+
+def perturb(x, sigma, seed, offset=0):
+    from . import perturbation
+    return perturbation.perturb(x, sigma, seed, offset)
+
+
+def dsm_loss(scores, sigma, seed, offset=0, anneal_power=2.0, reduction="mean"):
+    from . import score_matching
+    return score_matching.dsm_loss(scores, sigma, seed, offset, anneal_power, reduction)
+
+
+def langevin_step_(x, score, step_size, seed, offset=0, noise_scale=None):
+    from . import langevin
+    return langevin.langevin_step_(x, score, step_size, seed, offset, noise_scale)
+
+
+def randn(shape, seed, offset=0, device=None, dtype=torch.float32):
+    from . import noise
+    return noise.randn(shape, seed, offset, device, dtype)

@@ -1,0 +1,67 @@
+"""Host-side helpers shared by the Triton kernels: argument packing, layouts, launch limits.
+
+Imported only once triton is known to import (fastscore.kernels loads the op modules lazily).
+"""
+from __future__ import annotations
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+MAX_GRID_Y = 65535  # CUDA's limit on grid dimension 1; kernels loop over samples beyond it
+
+
+def signed32(word: int) -> int:
+    """A uint32 word as the int32 with the same bits: Triton types every such Python int as i32, so
+    the kernel compiles once, whatever the value (an int >= 2^31 would be typed i64: a second build)."""
+    return word - (1 << 32) if word >= (1 << 31) else word
+
+
+def split64(value: int) -> tuple[int, int]:
+    """(lo, hi) 32-bit halves of a seed or offset in [0, 2^63), as int32 bit patterns."""
+    return signed32(value & MASK32), signed32((value >> 32) & MASK32)
+
+
+def stream_args(seed: int, offset: int) -> tuple[int, int, int, int]:
+    """Kernel arguments (seed_lo, seed_hi, offset_lo, offset_hi) of a noise-stream position."""
+    return split64(int(seed)) + split64(int(offset))
+
+
+def layout(t: torch.Tensor) -> str | None:
+    """'contiguous' when memory order is logical order, 'channels_last' for a 4-D NHWC tensor, else None.
+
+    A 4-D tensor that is both (C == 1 or H*W == 1) counts as contiguous: its memory is in logical order.
+    """
+    if t.is_contiguous():
+        return "contiguous"
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return None
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if layout(t) == "channels_last" else torch.contiguous_format
+
+
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """t itself if the kernels can address it, else a contiguous copy."""
+    return t if layout(t) is not None else t.contiguous()
+
+
+def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """t in ref's memory layout (a copy only when they differ), so both can be walked by one index."""
+    if t.stride() == ref.stride():
+        return t
+    return t.contiguous(memory_format=memory_format_of(ref))
+
+
+def sample_geometry(t: torch.Tensor) -> tuple[int, int, int, int, bool]:
+    """(N, D, C, HW, channels_last) of a dense tensor seen as N samples of D elements.
+
+    C and HW only matter for channels_last, where the kernels map a memory position back to its
+    logical index (the noise is addressed in logical order whatever the memory format).
+    """
+    n = t.shape[0] if t.dim() else 1
+    d = t.numel() // max(n, 1)
+    if layout(t) == "channels_last":
+        return n, d, t.shape[1], t.shape[2] * t.shape[3], True
+    return n, d, 1, 1, False

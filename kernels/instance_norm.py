@@ -1,0 +1,391 @@
+"""cond_instance_norm_plus (CondInstanceNorm++, DESIGN.md section 2) in Triton, forward and backward.
+
+A plane is the H*W values of one (n, c). Its elements sit at base(n, c) + hw * stride_hw, with
+stride_hw = 1 for contiguous x and C for channels_last, so every kernel works on tiles of
+[BLOCK_P planes, BLOCK_HW positions] addressed by strides and serves both memory formats. Small
+planes pack many per program; a plane larger than the tile is walked in chunks (the statistics
+kernel loops; the elementwise kernels give each chunk its own program).
+
+Forward, two passes over x (the per-sample statistics need every channel's mean before any output):
+  1. _plane_stats: mu and rstd = 1/sqrt(var + eps) per plane, the variance by a two-pass sum within
+     each chunk merged across chunks with Chan's formula (no E[x^2] - E[x]^2 cancellation).
+  2. _sample_stats (one program per sample, over (N, C) numbers only): m, v, muhat, rv = 1/sqrt(v + eps).
+  3. _apply: y = act(gamma * ((x - mu) * rstd + alpha * muhat) + beta), stored in x's dtype and layout.
+Backward, two passes over x and dy (g is recomputed from x and the saved statistics, y is not kept):
+  1. _backward_sums: per plane S1 = sum dg, S2 = sum dg * xhat, dg = dy * act'(g).
+  2. _backward_sample: per (n, c) the gradient reaching mu through muhat, and per-(n, c) parameter
+     grads: dgamma = S2 + alpha muhat S1, dalpha = gamma muhat S1, dbeta = S1 (summed over N in
+     torch for shared (C,) parameters).
+  3. _backward_apply: dx = gamma rstd (dg - S1/HW - xhat S2/HW) + dmu/HW.
+All arithmetic and statistics are float32 whatever the storage dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common
+
+ACTIVATION_CODES = {None: 0, "elu": 1, "relu": 2}
+TILE = 4096                 # elements per program tile; tests shrink it to force the looping paths
+CHANNELS_LAST_PLANES = 32   # planes per tile for channels_last, so loads run along C (contiguous)
+SAMPLE_BLOCK_C = 1024       # channels per step of the per-sample kernels
+
+
+# ----------------------------------------------------------------------------------------------
+# Device helpers
+
+
+@triton.jit
+def _tile(pid_p, pid_hw, P, C, HW, stride_n, stride_c, stride_hw,
+          BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Planes p of this tile, their element offsets [BLOCK_P, BLOCK_HW] and the validity mask."""
+    p = tl.cast(pid_p, tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    hw = tl.cast(pid_hw, tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    base = (p // C) * stride_n + (p % C) * stride_c
+    offs = base[:, None] + hw[None, :] * stride_hw
+    mask = (p < P)[:, None] & (hw < HW)[None, :]
+    return p, offs, mask
+
+
+@triton.jit
+def _param(ptr, p, C, per_sample_stride, mask):
+    """gamma/alpha/beta of planes p as float32: (N, C) rows when per_sample_stride = C, (C,) when 0."""
+    return tl.load(ptr + (p // C) * per_sample_stride + p % C, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _activate(g, ACT: tl.constexpr):
+    if ACT == 1:
+        return tl.where(g > 0, g, tl.exp(g) - 1.0)
+    elif ACT == 2:
+        return tl.maximum(g, 0.0)
+    else:
+        return g
+
+
+@triton.jit
+def _activation_slope(g, ACT: tl.constexpr):
+    if ACT == 1:
+        return tl.where(g > 0, 1.0, tl.exp(g))
+    elif ACT == 2:
+        return tl.where(g > 0, 1.0, 0.0)
+    else:
+        return tl.full(g.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def _plane_coefficients(p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+                        param_stride, HAS_BETA: tl.constexpr):
+    """Per-plane mu, rstd, gamma, and b = gamma * alpha * muhat + beta: g = gamma * xhat + b."""
+    mu = tl.load(mu_ptr + p, mask=pmask, other=0.0)
+    rstd = tl.load(rstd_ptr + p, mask=pmask, other=0.0)
+    muhat = tl.load(muhat_ptr + p, mask=pmask, other=0.0)
+    gamma = _param(gamma_ptr, p, C, param_stride, pmask)
+    alpha = _param(alpha_ptr, p, C, param_stride, pmask)
+    shift = gamma * alpha * muhat
+    if HAS_BETA:
+        shift += _param(beta_ptr, p, C, param_stride, pmask)
+    return mu, rstd, gamma, alpha, muhat, shift
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward kernels
+
+
+@triton.jit
+def _plane_stats(x_ptr, mu_ptr, rstd_ptr, P, C, HW, stride_n, stride_c, stride_hw, eps,
+                 BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    pid = tl.program_id(0)
+    mean = tl.zeros([BLOCK_P], tl.float32)
+    m2 = tl.zeros([BLOCK_P], tl.float32)
+    for start in range(0, HW, BLOCK_HW):
+        p, offs, mask = _tile(pid, 0, P, C, HW, stride_n, stride_c, stride_hw, BLOCK_P, BLOCK_HW)
+        offs += start * stride_hw
+        mask &= (start + tl.arange(0, BLOCK_HW) < HW)[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        count_b = tl.minimum(HW - start, BLOCK_HW).to(tl.float32)
+        mean_b = tl.sum(x, axis=1) / count_b
+        d = tl.where(mask, x - mean_b[:, None], 0.0)
+        m2_b = tl.sum(d * d, axis=1)
+        # Chan et al.: merge (start values, mean, m2) with (count_b, mean_b, m2_b).
+        count_a = tl.cast(start, tl.float32)
+        total = count_a + count_b
+        delta = mean_b - mean
+        mean += delta * (count_b / total)
+        m2 += m2_b + delta * delta * (count_a * count_b / total)
+    p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P
+    tl.store(mu_ptr + p, mean, mask=pmask)
+    tl.store(rstd_ptr + p, 1.0 / tl.sqrt_rn(m2 / HW + eps), mask=pmask)
+
+
+@triton.jit
+def _sample_stats(mu_ptr, muhat_ptr, rv_ptr, C, eps, BLOCK_C: tl.constexpr):
+    """Per sample n: m = mean_c mu, v = sum_c (mu - m)^2 / (C - 1), muhat = (mu - m) rv, rv = 1/sqrt(v + eps)."""
+    n = tl.program_id(0).to(tl.int64)
+    row = mu_ptr + n * C
+    total = tl.zeros([BLOCK_C], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        total += tl.load(row + c, mask=c < C, other=0.0)
+    m = tl.sum(total, axis=0) / C
+    sq = tl.zeros([BLOCK_C], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        d = tl.where(c < C, tl.load(row + c, mask=c < C, other=0.0) - m, 0.0)
+        sq += d * d
+    # C == 1: v is undefined and muhat is 0 by definition; rv is then unused (kept finite).
+    v = tl.sum(sq, axis=0) / tl.maximum(C - 1, 1)
+    rv = 1.0 / tl.sqrt_rn(v + eps)
+    keep = tl.where(C > 1, 1.0, 0.0)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mu = tl.load(row + c, mask=c < C, other=0.0)
+        tl.store(muhat_ptr + n * C + c, (mu - m) * rv * keep, mask=c < C)
+    tl.store(rv_ptr + n, rv)
+
+
+@triton.jit
+def _apply(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr, param_stride,
+           P, C, HW, stride_n, stride_c, stride_hw,
+           ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    p, offs, mask = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, stride_n, stride_c, stride_hw,
+                          BLOCK_P, BLOCK_HW)
+    pmask = p < P
+    mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
+        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr, param_stride, HAS_BETA)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    xhat = (x - mu[:, None]) * rstd[:, None]
+    g = gamma[:, None] * (xhat + (alpha * muhat)[:, None])
+    if HAS_BETA:
+        g += _param(beta_ptr, p, C, param_stride, pmask)[:, None]
+    tl.store(y_ptr + offs, _activate(g, ACT).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward kernels
+
+
+@triton.jit
+def _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT: tl.constexpr):
+    """xhat and dg = dy * act'(g) of a tile, g recomputed from x and the saved statistics."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    xhat = (x - mu[:, None]) * rstd[:, None]
+    if ACT != 0:
+        g = gamma[:, None] * xhat + shift[:, None]
+        dy = dy * _activation_slope(g, ACT)
+    return tl.where(mask, xhat, 0.0), tl.where(mask, dy, 0.0)
+
+
+@triton.jit
+def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr, param_stride,
+                   s1_ptr, s2_ptr, P, C, HW, stride_n, stride_c, stride_hw,
+                   ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    pid = tl.program_id(0)
+    p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P
+    mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
+        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr, param_stride, HAS_BETA)
+    s1 = tl.zeros([BLOCK_P], tl.float32)
+    s2 = tl.zeros([BLOCK_P], tl.float32)
+    for start in range(0, HW, BLOCK_HW):
+        _, offs, mask = _tile(pid, 0, P, C, HW, stride_n, stride_c, stride_hw, BLOCK_P, BLOCK_HW)
+        offs += start * stride_hw
+        mask &= (start + tl.arange(0, BLOCK_HW) < HW)[None, :]
+        xhat, dg = _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT)
+        s1 += tl.sum(dg, axis=1)
+        s2 += tl.sum(dg * xhat, axis=1)
+    tl.store(s1_ptr + p, s1, mask=pmask)
+    tl.store(s2_ptr + p, s2, mask=pmask)
+
+
+@triton.jit
+def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, param_stride,
+                     dmu_ptr, dgamma_ptr, dalpha_ptr, C, BLOCK_C: tl.constexpr):
+    """Per sample n. With D_c = dL/dmuhat_c = alpha_c gamma_c S1_c and muhat = (mu - m) rv:
+    dL/d(mu_c - m) = G_c = rv (D_c - muhat_c sum_k D_k muhat_k / (C - 1)), dL/dmu_c = G_c - mean_k G_k."""
+    n = tl.program_id(0).to(tl.int64)
+    rv = tl.load(rv_ptr + n)
+    dot = tl.zeros([BLOCK_C], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        cm = c < C
+        p = n * C + c
+        d = _param(alpha_ptr, p, C, param_stride, cm) * _param(gamma_ptr, p, C, param_stride, cm) \
+            * tl.load(s1_ptr + p, mask=cm, other=0.0)
+        dot += d * tl.load(muhat_ptr + p, mask=cm, other=0.0)
+    proj = tl.sum(dot, axis=0) / tl.maximum(C - 1, 1)
+    g_total = tl.zeros([BLOCK_C], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        cm = c < C
+        p = n * C + c
+        d = _param(alpha_ptr, p, C, param_stride, cm) * _param(gamma_ptr, p, C, param_stride, cm) \
+            * tl.load(s1_ptr + p, mask=cm, other=0.0)
+        g_total += tl.where(cm, rv * (d - tl.load(muhat_ptr + p, mask=cm, other=0.0) * proj), 0.0)
+    g_mean = tl.sum(g_total, axis=0) / C
+    keep = tl.where(C > 1, 1.0, 0.0)  # C == 1: muhat is the constant 0, no gradient flows through it
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        cm = c < C
+        p = n * C + c
+        gamma = _param(gamma_ptr, p, C, param_stride, cm)
+        alpha = _param(alpha_ptr, p, C, param_stride, cm)
+        s1 = tl.load(s1_ptr + p, mask=cm, other=0.0)
+        s2 = tl.load(s2_ptr + p, mask=cm, other=0.0)
+        muhat = tl.load(muhat_ptr + p, mask=cm, other=0.0)
+        tl.store(dmu_ptr + p, (rv * (alpha * gamma * s1 - muhat * proj) - g_mean) * keep, mask=cm)
+        tl.store(dgamma_ptr + p, s2 + alpha * muhat * s1, mask=cm)
+        tl.store(dalpha_ptr + p, gamma * muhat * s1, mask=cm)
+
+
+@triton.jit
+def _backward_apply(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+                    param_stride, s1_ptr, s2_ptr, dmu_ptr, P, C, HW, stride_n, stride_c, stride_hw,
+                    ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    p, offs, mask = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, stride_n, stride_c, stride_hw,
+                          BLOCK_P, BLOCK_HW)
+    pmask = p < P
+    mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
+        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr, param_stride, HAS_BETA)
+    s1 = tl.load(s1_ptr + p, mask=pmask, other=0.0) / HW
+    s2 = tl.load(s2_ptr + p, mask=pmask, other=0.0) / HW
+    dmu = tl.load(dmu_ptr + p, mask=pmask, other=0.0) / HW
+    xhat, dg = _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT)
+    dx = (gamma * rstd)[:, None] * (dg - s1[:, None] - xhat * s2[:, None]) + dmu[:, None]
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side
+
+
+def _geometry(x):
+    """(P, C, HW, (stride_n, stride_c, stride_hw)) of a dense 4-D x: plane (n, c), position hw."""
+    n, c, h, w = x.shape
+    return n * c, c, h * w, (x.stride(0), x.stride(1), x.stride(3))
+
+
+def _blocks(p, c, hw, channels_last):
+    """(BLOCK_P, BLOCK_HW): a tile of about TILE elements; many small planes per tile, large planes
+    in TILE-sized chunks; for channels_last up to CHANNELS_LAST_PLANES neighbouring channels so loads
+    run along contiguous memory."""
+    hw_pow = triton.next_power_of_2(hw)
+    if channels_last:
+        block_p = min(triton.next_power_of_2(p), CHANNELS_LAST_PLANES, TILE)
+        return block_p, min(hw_pow, max(1, TILE // block_p))
+    block_hw = min(hw_pow, TILE)
+    return min(triton.next_power_of_2(p), max(1, TILE // block_hw)), block_hw
+
+
+def _warps(block_p, block_hw):
+    return 8 if block_p * block_hw >= 4096 else 4
+
+
+def _param_stride(t, c):
+    return c if t.dim() == 2 else 0
+
+
+@torch.library.custom_op("fastscore_triton::cond_instance_norm_plus", mutates_args=())
+def norm_forward_op(x: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor, beta: Optional[torch.Tensor],
+                    eps: float, activation: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                     torch.Tensor, torch.Tensor]:
+    """(y, mu, rstd, muhat, rv); the last four are float32 statistics kept for the backward."""
+    x = _common.dense(x)
+    gamma, alpha = gamma.contiguous(), alpha.contiguous()
+    beta = beta.contiguous() if beta is not None else None
+    n = x.shape[0]
+    p, c, hw, strides = _geometry(x)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    mu, rstd, muhat, rv = torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, **f32)
+    y = torch.empty_like(x)
+    block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
+    warps = _warps(block_p, block_hw)
+    _plane_stats[(triton.cdiv(p, block_p),)](x, mu, rstd, p, c, hw, *strides, eps,
+                                             BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
+    _sample_stats[(n,)](mu, muhat, rv, c, eps, BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
+    _apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
+        x, y, mu, rstd, muhat, gamma, alpha, beta if beta is not None else gamma, _param_stride(gamma, c),
+        p, c, hw, *strides, ACT=ACTIVATION_CODES[activation], HAS_BETA=beta is not None,
+        BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
+    return y, mu, rstd, muhat, rv
+
+
+@norm_forward_op.register_fake
+def _(x, gamma, alpha, beta, eps, activation):
+    n, c = x.shape[:2]
+    stats = [x.new_empty((n, c), dtype=torch.float32) for _ in range(3)]
+    return (torch.empty_like(_common.dense(x)), *stats, x.new_empty((n,), dtype=torch.float32))
+
+
+@torch.library.custom_op("fastscore_triton::cond_instance_norm_plus_backward", mutates_args=())
+def norm_backward_op(dy: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor,
+                     beta: Optional[torch.Tensor], mu: torch.Tensor, rstd: torch.Tensor, muhat: torch.Tensor,
+                     rv: torch.Tensor, activation: Optional[str]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dgamma, dalpha, dbeta), the parameter grads per (n, c) in float32 (reduced by the caller)."""
+    x = _common.dense(x)
+    dy = _common.like(dy, x)
+    gamma, alpha = gamma.contiguous(), alpha.contiguous()
+    beta = beta.contiguous() if beta is not None else None
+    n = x.shape[0]
+    p, c, hw, strides = _geometry(x)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    s1, s2, dmu = torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, c, **f32)
+    dgamma, dalpha = torch.empty(n, c, **f32), torch.empty(n, c, **f32)
+    dx = torch.empty_like(x)
+    block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
+    warps = _warps(block_p, block_hw)
+    common = dict(ACT=ACTIVATION_CODES[activation], HAS_BETA=beta is not None, BLOCK_P=block_p,
+                  BLOCK_HW=block_hw, num_warps=warps)
+    params = (gamma, alpha, beta if beta is not None else gamma, _param_stride(gamma, c))
+    _backward_sums[(triton.cdiv(p, block_p),)](x, dy, mu, rstd, muhat, *params, s1, s2, p, c, hw, *strides,
+                                               **common)
+    _backward_sample[(n,)](s1, s2, muhat, rv, gamma, alpha, params[3], dmu, dgamma, dalpha, c,
+                           BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
+    _backward_apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
+        x, dy, dx, mu, rstd, muhat, *params, s1, s2, dmu, p, c, hw, *strides, **common)
+    return dx, dgamma, dalpha, s1
+
+
+@norm_backward_op.register_fake
+def _(dy, x, gamma, alpha, beta, mu, rstd, muhat, rv, activation):
+    n, c = x.shape[:2]
+    return (torch.empty_like(_common.dense(x)), *[x.new_empty((n, c), dtype=torch.float32) for _ in range(3)])
+
+
+def _setup_context(ctx, inputs, output):
+    x, gamma, alpha, beta, eps, activation = inputs
+    y, mu, rstd, muhat, rv = output
+    ctx.mark_non_differentiable(mu, rstd, muhat, rv)
+    ctx.save_for_backward(x, gamma, alpha, beta, mu, rstd, muhat, rv)
+    ctx.activation = activation
+
+
+def _reduce_to(grad_nc, param):
+    """A per-(n, c) float32 parameter grad in the parameter's shape and dtype ((C,): summed over N)."""
+    grad = grad_nc if param.dim() == 2 else grad_nc.sum(0)
+    return grad.to(param.dtype)
+
+
+def _backward(ctx, dy, *_stat_grads):
+    x, gamma, alpha, beta, mu, rstd, muhat, rv = ctx.saved_tensors
+    dx, dgamma, dalpha, dbeta = norm_backward_op(dy, x, gamma, alpha, beta, mu, rstd, muhat, rv, ctx.activation)
+    need = ctx.needs_input_grad
+    return (dx.to(x.dtype) if need[0] else None,
+            _reduce_to(dgamma, gamma) if need[1] else None,
+            _reduce_to(dalpha, alpha) if need[2] else None,
+            _reduce_to(dbeta, beta) if beta is not None and need[3] else None,
+            None, None)
+
+
+norm_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def cond_instance_norm_plus(x, gamma, alpha, beta=None, eps=1e-5, activation=None):
+    return norm_forward_op(x, gamma, alpha, beta, float(eps), activation)[0]

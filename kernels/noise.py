@@ -1,0 +1,161 @@
+"""The noise stream of DESIGN.md section 3 in Triton, and fastscore.randn on it.
+
+normal(seed, j) = lane j % 4 of Box-Muller applied to Philox4x32-10(counter = j // 4, key = seed).
+Everything is uint32 arithmetic (tl.umulhi for the high product word); the 64-bit counter and seed
+arrive as 32-bit halves (see _common.stream_args) so one compiled kernel serves every value.
+
+Two ways to produce the numbers a block of elements needs:
+  grouped  - memory order is logical order: one Philox call per 4 consecutive elements, its four
+             lanes interleaved into place (4x less Philox work than per element).
+  per element - channels_last memory order: each element maps its memory position back to its
+             logical index and computes its own Philox call and lane.
+sample_chunk_normals picks between them and is what every flat kernel (perturb, dsm_loss,
+langevin_step_, randn) calls.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common
+
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+TWO_PI = 6.283185307179586
+TWO_POW_M24 = 5.9604644775390625e-08
+MAX_GROUPS = 512  # Philox groups per program: blocks of up to 2048 elements
+
+
+@triton.jit
+def join64(lo, hi):
+    """The int64 whose 32-bit halves arrive as int32 bit patterns lo, hi."""
+    return (hi.to(tl.int64) << 32) + lo.to(tl.uint32, bitcast=True).to(tl.int64)
+
+
+@triton.jit
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 (Random123) on uint32 tensors c0..c3 with uint32 key words k0, k1."""
+    for r in tl.static_range(10):
+        if r > 0:
+            k0 = k0 + tl.full([], PHILOX_W0, tl.uint32)
+            k1 = k1 + tl.full([], PHILOX_W1, tl.uint32)
+        m0 = tl.full([], PHILOX_M0, tl.uint32)
+        m1 = tl.full([], PHILOX_M1, tl.uint32)
+        hi0 = tl.umulhi(m0, c0)
+        lo0 = m0 * c0
+        hi1 = tl.umulhi(m1, c2)
+        lo1 = m1 * c2
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def uniform01(u):
+    """f(u) = ((u >> 8) + 0.5) * 2^-24 in float32: never 0 or 1, so log and Box-Muller are safe."""
+    return ((u >> 8).to(tl.float32) + 0.5) * TWO_POW_M24
+
+
+@triton.jit
+def philox_words(k, seed_lo, seed_hi):
+    """The four Philox output words of counter k (int64 tensor) under key (seed_lo, seed_hi)."""
+    c0 = (k & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (k >> 32).to(tl.uint32)
+    zero = tl.zeros_like(c0)
+    k0 = seed_lo.to(tl.uint32, bitcast=True)
+    k1 = seed_hi.to(tl.uint32, bitcast=True)
+    return philox4x32_10(c0, c1, zero, zero, k0, k1)
+
+
+@triton.jit
+def normals4(k, seed_lo, seed_hi):
+    """Lanes 0..3 of normal(seed, 4k + lane) for an int64 tensor of counters k."""
+    u0, u1, u2, u3 = philox_words(k, seed_lo, seed_hi)
+    r01 = tl.sqrt_rn(-2.0 * tl.log(uniform01(u0)))
+    a01 = TWO_PI * uniform01(u1)
+    r23 = tl.sqrt_rn(-2.0 * tl.log(uniform01(u2)))
+    a23 = TWO_PI * uniform01(u3)
+    return r01 * tl.cos(a01), r01 * tl.sin(a01), r23 * tl.cos(a23), r23 * tl.sin(a23)
+
+
+@triton.jit
+def normal_at(j, seed_lo, seed_hi):
+    """normal(seed, j) for an int64 tensor of stream indices j, one Philox call per element."""
+    u0, u1, u2, u3 = philox_words(j >> 2, seed_lo, seed_hi)
+    lane = j & 3
+    first_pair = lane < 2
+    r = tl.sqrt_rn(-2.0 * tl.log(uniform01(tl.where(first_pair, u0, u2))))
+    a = TWO_PI * uniform01(tl.where(first_pair, u1, u3))
+    return r * tl.where((lane & 1) == 0, tl.cos(a), tl.sin(a))
+
+
+@triton.jit
+def sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
+                         CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
+    """Chunk `chunk` of sample n of a dense tensor of N samples of D elements.
+
+    Returns (idx, valid, z): int64 memory indices of 4 * GROUPS elements, which of them belong to
+    sample n, and z = normal(seed, offset + logical index) for each.
+
+    Contiguous: chunks tile sample n's Philox groups, starting at the group holding its first
+    element (elements of neighbouring samples in the first and last group are masked off), so a
+    sample needs cdiv(D + 3, 4 * GROUPS) chunks. Channels_last: chunks tile sample n's memory.
+    """
+    BLOCK: tl.constexpr = 4 * GROUPS
+    start = tl.cast(n, tl.int64) * D
+    if CHANNELS_LAST:
+        q = chunk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)      # position in the sample's NHWC memory
+        valid = q < D
+        logical = start + (q % C) * HW + q // C                     # its NCHW index
+        z = normal_at(offset + logical, seed_lo, seed_hi)
+        idx = start + q
+    else:
+        k = (offset + start) // 4 + chunk.to(tl.int64) * GROUPS + tl.arange(0, GROUPS)
+        n0, n1, n2, n3 = normals4(k, seed_lo, seed_hi)
+        z = tl.interleave(tl.interleave(n0, n2), tl.interleave(n1, n3))   # lane order 0, 1, 2, 3
+        first = (offset + start) // 4 * 4 + chunk.to(tl.int64) * BLOCK - offset
+        idx = first + tl.arange(0, BLOCK)
+        valid = (idx >= start) & (idx < start + D)
+    return idx, valid, z
+
+
+def launch_geometry(n: int, d: int) -> tuple[int, tuple[int, int]]:
+    """(GROUPS, grid) for a flat kernel over N samples of D elements: grid = (chunks, samples)."""
+    groups = min(MAX_GROUPS, triton.next_power_of_2(triton.cdiv(d + 3, 4)))
+    chunks = triton.cdiv(d + 3, 4 * groups)
+    return groups, (chunks, min(n, _common.MAX_GRID_Y))
+
+
+def num_warps_for(groups: int) -> int:
+    return 8 if groups >= 512 else 4
+
+
+@triton.jit
+def _randn_kernel(out_ptr, numel, seed_lo, seed_hi, off_lo, off_hi, GROUPS: tl.constexpr):
+    offset = join64(off_lo, off_hi)
+    idx, valid, z = sample_chunk_normals(tl.program_id(1), tl.program_id(0), numel, 1, 1,
+                                         seed_lo, seed_hi, offset, False, GROUPS)
+    tl.store(out_ptr + idx, z.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@torch.library.custom_op("fastscore_triton::randn", mutates_args=())
+def randn_op(numel: int, seed: int, offset: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    out = torch.empty(numel, device=device, dtype=dtype)
+    if numel:
+        groups, grid = launch_geometry(1, numel)
+        _randn_kernel[grid](out, numel, *_common.stream_args(seed, offset), GROUPS=groups,
+                            num_warps=num_warps_for(groups))
+    return out
+
+
+@randn_op.register_fake
+def _(numel, seed, offset, device, dtype):
+    return torch.empty(numel, device=device, dtype=dtype)
+
+
+def randn(shape, seed, offset=0, device=None, dtype=torch.float32):
+    shape = torch.Size((shape,) if isinstance(shape, int) else shape)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return randn_op(shape.numel(), seed, offset, device, dtype).reshape(shape)

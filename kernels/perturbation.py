@@ -1,0 +1,67 @@
+"""perturb(x, sigma, seed, offset) = x + sigma[n] * z in one pass, z regenerated from (seed, offset).
+
+One read of x, one write of the result, no noise tensor. Differentiable in x (identity) and sigma
+(d/dsigma[n] = sum_d grad * z, the noise regenerated once more in the backward).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common
+from .noise import join64, launch_geometry, num_warps_for, randn_op, sample_chunk_normals
+
+
+@triton.jit
+def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
+                    CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
+    offset = join64(off_lo, off_hi)
+    chunk = tl.program_id(0)
+    for n in range(tl.program_id(1), N, tl.num_programs(1)):
+        idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
+                                             CHANNELS_LAST, GROUPS)
+        s = tl.load(sigma_ptr + n).to(tl.float32)
+        x = tl.load(x_ptr + idx, mask=valid).to(tl.float32)
+        tl.store(out_ptr + idx, (x + s * z).to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@torch.library.custom_op("fastscore_triton::perturb", mutates_args=())
+def perturb_op(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    x = _common.dense(x)
+    sigma = sigma.contiguous()
+    out = torch.empty_like(x)  # same layout as the dense x
+    n, d, c, hw, channels_last = _common.sample_geometry(x)
+    groups, grid = launch_geometry(n, d)
+    _perturb_kernel[grid](x, sigma, out, n, d, c, hw, *_common.stream_args(seed, offset),
+                          CHANNELS_LAST=channels_last, GROUPS=groups, num_warps=num_warps_for(groups))
+    return out
+
+
+@perturb_op.register_fake
+def _(x, sigma, seed, offset):
+    return torch.empty_like(_common.dense(x))
+
+
+def _setup_context(ctx, inputs, output):
+    x, sigma, seed, offset = inputs
+    ctx.seed, ctx.offset = seed, offset
+    ctx.x_meta = (x.shape, x.dtype)
+    ctx.sigma_dtype = sigma.dtype
+
+
+def _backward(ctx, grad):
+    shape, x_dtype = ctx.x_meta
+    dx = grad.to(x_dtype) if ctx.needs_input_grad[0] else None
+    dsigma = None
+    if ctx.needs_input_grad[1]:
+        z = randn_op(grad.numel(), ctx.seed, ctx.offset, grad.device, torch.float32).reshape(shape)
+        dsigma = (grad.float() * z).reshape(shape[0], -1).sum(1).to(ctx.sigma_dtype)
+    return dx, dsigma, None, None
+
+
+perturb_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def perturb(x, sigma, seed, offset=0):
+    return perturb_op(x, sigma, int(seed), int(offset))
