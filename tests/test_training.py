@@ -1,0 +1,205 @@
+"""The trainer on a tiny stand-in score network: ncsn's loss, the noise stream, exact resume,
+atomic checkpoints, Ctrl-C, logs."""
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fastscore
+from fastscore import training
+from fastscore.data import BatchStream, Preprocess, TensorImages, mnist5k_dataset
+from fastscore.training import Trainer, TrainSettings, geometric_sigmas
+
+
+class TinyScore(nn.Module):
+    """A stand-in for the NCSN networks: model(x, labels) -> scores, conditioned on the level."""
+
+    def __init__(self, levels, channels=1, width=8):
+        super().__init__()
+        self.inp = nn.Conv2d(channels, width, 3, padding=1)
+        self.embed = nn.Embedding(levels, width)
+        self.out = nn.Conv2d(width, channels, 3, padding=1)
+
+    def forward(self, x, labels):
+        return self.out(F.elu(self.inp(x) + self.embed(labels)[:, :, None, None]))
+
+
+def make_trainer(workdir=None, n_iters=20, levels=4, **overrides):
+    torch.manual_seed(0)  # the model's init; everything else comes from settings.seed
+    full = mnist5k_dataset("train", image_size=10)
+    ds = TensorImages(full.images[:96], full.labels[:96])
+    kw = dict(n_iters=n_iters, batch_size=16, ema_rate=0.9, log_every=5, checkpoint_every=7, seed=11)
+    kw.update(overrides)
+    settings = TrainSettings(**kw)
+    return Trainer(TinyScore(levels), geometric_sigmas(1.0, 0.01, levels), BatchStream(ds, 16, settings.seed),
+                   settings, Preprocess(random_flip=True), workdir=workdir, config={"name": "tiny"},
+                   progress=False)
+
+
+def test_geometric_sigmas_are_ncsns():
+    ncsn = np.exp(np.linspace(np.log(1.0), np.log(0.01), 10))  # ncsn's anneal runner
+    assert torch.allclose(geometric_sigmas(1.0, 0.01, 10).double(), torch.from_numpy(ncsn), rtol=1e-6)
+    assert geometric_sigmas(50.0, 0.01, 232)[0] == 50.0 and len(geometric_sigmas(2, 1, 1)) == 1
+    with pytest.raises(ValueError):
+        geometric_sigmas(1.0, 0.0, 10)
+
+
+def test_loss_is_ncsns_anneal_dsm_on_the_noise_stream():
+    """One step's loss equals ncsn's anneal_dsm_score_estimation written out with the stream's z."""
+    t = make_trainer()
+    x = torch.rand(6, 1, 10, 10)
+    gen_state = t.generator.get_state()
+    seed, offset = t.noise_seed, 1000
+    t.noise_offset = offset
+    loss = t.loss(x)
+    assert t.noise_offset == offset + x.numel()  # the offset advances by numel after each use
+
+    g = torch.Generator().manual_seed(0)
+    g.set_state(gen_state)
+    labels = torch.randint(0, 4, (6,), generator=g)
+    sigma = t.sigmas[labels].view(-1, 1, 1, 1)
+    z = fastscore.randn(x.shape, seed, offset)
+    perturbed = x + sigma * z
+    target = -1 / sigma**2 * (perturbed - x)
+    scores = t.model(perturbed, labels)
+    ncsn = (0.5 * ((scores - target) ** 2).sum(dim=(1, 2, 3)) * sigma.flatten() ** 2).mean()
+    torch.testing.assert_close(loss, ncsn, rtol=1e-5, atol=1e-5)
+    # The next call draws fresh noise: a new offset, so a different loss for the same input.
+    t.generator.set_state(gen_state)
+    assert not torch.equal(t.loss(x), loss)
+
+
+def test_noise_seed_comes_from_the_run_seed():
+    a, b, c = make_trainer(seed=1), make_trainer(seed=1), make_trainer(seed=2)
+    assert a.noise_seed == b.noise_seed != c.noise_seed
+    assert 0 <= a.noise_seed < 2**63
+
+
+def _states(t):
+    return {**{"model." + k: v for k, v in t.model.state_dict().items()},
+            **{"ema." + k: v for k, v in t.ema.shadow.items()}}
+
+
+def test_resume_is_bit_exact(tmp_path):
+    """20 steps in one run == 10 steps, a new process-like restart from the checkpoint, 10 more."""
+    straight = make_trainer(str(tmp_path / "a"))
+    result = straight.train()
+    assert result.step == 20 and result.stopped == "done"
+
+    first = make_trainer(str(tmp_path / "b"))
+    first.train(10)
+    torch.manual_seed(999)  # a restart does not share the global RNG state
+    resumed = make_trainer(str(tmp_path / "b"))
+    resumed.resume(str(tmp_path / "b"))
+    assert resumed.step == 10
+    resumed.train()
+
+    a, b = _states(straight), _states(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    opt_a, opt_b = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for i in opt_a:
+        for k in opt_a[i]:
+            assert torch.equal(opt_a[i][k], opt_b[i][k]), (i, k)
+    assert straight.noise_offset == resumed.noise_offset == 20 * 16 * 100
+    assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+    # The checkpoints on disk agree too, and the resumed log continues the first one.
+    ca, cb = training.load_checkpoint(str(tmp_path / "a")), training.load_checkpoint(str(tmp_path / "b"))
+    assert ca["step"] == cb["step"] == 20 and ca["noise"] == cb["noise"]
+    assert ca["config"] == {"name": "tiny"} and ca["settings"]["n_iters"] == 20
+    steps = [line.split(",")[0] for line in open(tmp_path / "b" / "log.csv").read().split()]
+    assert steps == ["step", "5", "10", "15", "20"]
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    make_trainer(str(tmp_path), n_iters=3).train()
+    with pytest.raises(ValueError, match="noise levels"):
+        make_trainer(levels=5).resume(str(tmp_path))
+    with pytest.raises(ValueError, match="EMA"):
+        make_trainer(ema_rate=0.0).resume(str(tmp_path))
+    with pytest.raises(ValueError, match="data order"):
+        make_trainer(seed=12).resume(str(tmp_path))
+
+
+def test_training_lowers_the_loss():
+    t = make_trainer(n_iters=80, lr=3e-3, log_every=10)
+    losses = [loss for _, loss in t.train().losses]
+    assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
+    # At init the loss is about dims / 2 = 50 (scores near 0); the network learns -z / sigma.
+    assert losses[-1] < 0.9 * losses[0] and min(losses[-3:]) < 0.85 * losses[0]
+
+
+def test_bf16_autocast_trains():
+    t = make_trainer(n_iters=4, bf16=True)
+    seen = []
+    t.model.out.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    result = t.train()
+    assert seen and seen[0] == torch.bfloat16
+    assert math.isfinite(result.last_loss)
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    training.save_atomic({"format": training.FORMAT, "step": 1}, path)
+    real_save = torch.save
+
+    def torn_save(obj, f):
+        f.write(b"partial")  # half a file, then the machine dies
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        training.save_atomic({"format": training.FORMAT, "step": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(path, weights_only=True)["step"] == 1  # the old checkpoint survives intact
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # and no temporary file is left behind
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        training.load_checkpoint(str(tmp_path))
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a fastscore checkpoint"):
+        training.load_checkpoint(str(tmp_path / "other.pt"))
+
+
+def test_ctrl_c_finishes_the_step_and_checkpoints(tmp_path):
+    t = make_trainer(str(tmp_path), n_iters=50, checkpoint_every=0)
+    calls = []
+
+    def interrupt_at_step_6(module, inputs, output):
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    t.model.out.register_forward_hook(interrupt_at_step_6)
+    result = t.train()
+    assert result.stopped == "interrupted" and result.step == 6
+    assert training.load_checkpoint(str(tmp_path))["step"] == 6
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_time_limit_stops_and_checkpoints(tmp_path):
+    t = make_trainer(str(tmp_path), n_iters=10_000, time_limit=1e-9, checkpoint_every=0)
+    result = t.train()
+    assert result.stopped == "time_limit" and result.step == 1
+    assert training.load_checkpoint(str(tmp_path))["step"] == 1
+
+
+def test_sample_fn_gets_the_ema_weights(tmp_path):
+    got = []
+    t = make_trainer(str(tmp_path), n_iters=6, sample_every=3)
+    t.sample_fn = lambda model, step: got.append((step, {k: v.clone() for k, v in model.named_parameters()}))
+    t.train()
+    assert [s for s, _ in got] == [3, 6]
+    final = got[-1][1]
+    for k, p in t.model.named_parameters():
+        assert torch.equal(final[k], t.ema.shadow[k])
+        assert not torch.equal(final[k], p)  # the EMA lags the live weights
