@@ -76,6 +76,10 @@ def dsm_loss(scores, sigma, seed, offset=0, anneal_power=2.0, reduction="mean"):
 
 
 def langevin_step_(x, score, step_size, seed, offset=0, noise_scale=None):
+    # Tensor arguments (for CUDA graphs on the fused backends) are read back here: plain and slow.
+    seed, offset = int(seed), int(offset)
+    step_size = step_size.item() if isinstance(step_size, torch.Tensor) else step_size
+    noise_scale = noise_scale.item() if isinstance(noise_scale, torch.Tensor) else noise_scale
     if noise_scale is None:
         noise_scale = math.sqrt(2.0 * float(step_size))
     dtype = compute_dtype(x)

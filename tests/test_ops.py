@@ -155,3 +155,15 @@ def test_ops_trace_whole_under_torch_compile(backend, device):
     (grad_e,) = torch.autograd.grad(loss_e, x)
     for got, want in ((loss, loss_e), (moved, moved_e), (grad, grad_e)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_langevin_step_takes_stream_position_and_step_as_tensors(backend, device):
+    """The CUDA-graph form: seed, offset, step size and noise scale as device tensors, same numbers."""
+    x = make((3, 2, 5, 5), torch.float32, device)
+    score = make((3, 2, 5, 5), torch.float32, device)
+    want = reference.langevin_step_(x.double(), score.double(), 2e-3, 2**40 + 5, 123, 0.05)
+    t = lambda v, dtype: torch.tensor(v, dtype=dtype, device=device)  # noqa: E731
+    fastscore.langevin_step_(x, score, t(2e-3, torch.float32), t(2**40 + 5, torch.int64), t(123, torch.int64),
+                             t(0.05, torch.float32), backend=backend)
+    assert_close(x, want, torch.float32, "x")

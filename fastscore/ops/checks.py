@@ -80,3 +80,12 @@ def sigma(s, x: torch.Tensor, x_name: str) -> None:
 def choice(name: str, value, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def stream_position(name: str, value, x: torch.Tensor) -> None:
+    """A seed or offset given as a one-element int64 tensor on x's device (so a captured CUDA graph can
+    advance it between replays). Its value is not read here: that would synchronise the device."""
+    if value.dtype != torch.int64 or value.numel() != 1:
+        raise TypeError(f"{name} given as a tensor must be one int64 element, got {value.dtype} of shape "
+                        f"{tuple(value.shape)}")
+    same_device(name, value, "x", x)

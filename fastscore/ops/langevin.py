@@ -18,7 +18,12 @@ def langevin_step_(
     *,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """x <- x + step_size * score + noise_scale * z in place; noise_scale defaults to sqrt(2 step_size)."""
+    """x <- x + step_size * score + noise_scale * z in place; noise_scale defaults to sqrt(2 step_size).
+
+    step_size and noise_scale are numbers or one-element float tensors on x's device; seed and offset
+    are ints or one-element int64 tensors on x's device. Tensors let a CUDA graph that captured this
+    call draw fresh noise at every replay (advance offset in the graph) and change the step per level.
+    """
     checks.tensor("x", x)
     checks.tensor("score", score)
     if score.shape != x.shape:
@@ -27,5 +32,12 @@ def langevin_step_(
     checks.finite_number("step_size", step_size, non_negative=True)
     if noise_scale is not None:
         checks.finite_number("noise_scale", noise_scale, non_negative=True)
-    check_seed_offset(seed, offset, x.numel())
+    tensors = [(n, v) for n, v in (("seed", seed), ("offset", offset)) if isinstance(v, torch.Tensor)]
+    for name, value in tensors:
+        checks.stream_position(name, value, x)
+    if not tensors:
+        check_seed_offset(seed, offset, x.numel())
+    for name, value in (("step_size", step_size), ("noise_scale", noise_scale)):
+        if isinstance(value, torch.Tensor):
+            checks.same_device(name, value, "x", x)
     return dispatch.resolve(backend, x.device).langevin_step_(x, score, step_size, seed, offset, noise_scale)
