@@ -13,17 +13,21 @@ as ncsn's conditional networks take it; an NCSNv2-style network maps labels to i
 That call lives in AnnealedLangevin.score alone, so another convention is a one-method change.
 
 The per-level work is one method (run_level) taking (x, labels, step_size, seed, offset) and updating
-x in place, so a later change can capture it in a CUDA graph with offset and step size as device
-tensors; nothing here does that yet.
+x in place. On a GPU with a fused backend, one update is captured in a CUDA graph
+(fastscore.graphs) and replayed for every step, with the stream position and step size in device
+tensors: the same trajectory as the eager loop, without Python launching each kernel.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
 
+from . import dispatch
+from .graphs import CapturedLangevinStep
 from .noise import MAX_SEED, check_seed_offset
 from .ops import langevin_step_, randn
 
@@ -74,6 +78,8 @@ class AnnealedLangevin:
     clamp: (low, high) to clamp the returned samples to, e.g. (0, 1) for images; None returns x as
     the dynamics leave it (ncsn clamps only when it saves images; fastscore.images clamps too).
     backend: passed to fastscore.langevin_step_ and fastscore.randn (None: the default backend).
+    cuda_graph: replay one captured update per step (fastscore.graphs). None (default): when x is on a
+    GPU and the backend there is a fused one; True insists (an error if it cannot); False never.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class AnnealedLangevin:
         dtype: torch.dtype = torch.float32,
         clamp: tuple[float, float] | None = None,
         backend: str | None = None,
+        cuda_graph: bool | None = None,
     ):
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, labels), got {type(model).__name__}")
@@ -108,6 +115,9 @@ class AnnealedLangevin:
         self.dtype = dtype
         self.clamp = tuple(clamp) if clamp is not None else None
         self.backend = backend
+        if cuda_graph not in (None, True, False):
+            raise ValueError(f"cuda_graph must be None, True or False, got {cuda_graph!r}")
+        self.cuda_graph = cuda_graph
         # ncsn: step_size = step_lr * (sigma / sigmas[-1]) ** 2, in double precision.
         self.step_sizes = tuple(self.step_lr * (s / self.sigmas[-1]) ** 2 for s in self.sigmas)
         self.last_seed: int | None = None  # the seed of the latest run, to reproduce an unseeded one
@@ -192,6 +202,7 @@ class AnnealedLangevin:
         bar = tqdm(total=self.n_steps, desc="annealed Langevin", unit="step", disable=not progress)
         try:
             with torch.no_grad():
+                captured = self._capture(x, mask)
                 offset = 0
                 labels = None
                 for level, (sigma, step_size) in enumerate(zip(self.sigmas, self.step_sizes)):
@@ -204,8 +215,16 @@ class AnnealedLangevin:
                         offset += z.numel()
                         keep = (mask, (reference.to(dtype) + sigma * z).to(x.dtype))
                         x.copy_(torch.where(mask, keep[1], x))
-                    offset = self.run_level(x, labels, step_size, seed, offset, keep, callback,
-                                            first_step=level * self.n_steps_each, level=level)
+                    if captured is None:
+                        offset = self.run_level(x, labels, step_size, seed, offset, keep, callback,
+                                                first_step=level * self.n_steps_each, level=level)
+                    else:
+                        captured.set_level(level, step_size, seed, offset, keep[1] if keep else None)
+                        for t in range(self.n_steps_each):
+                            captured.replay()
+                            if callback is not None:
+                                callback(level * self.n_steps_each + t, level, x)
+                        offset += self.n_steps_each * x.numel()
                     bar.update(self.n_steps_each)
                     bar.set_postfix(sigma=f"{sigma:.4g}", refresh=False)
                 if self.denoise:
@@ -218,6 +237,26 @@ class AnnealedLangevin:
         if self.clamp is not None:
             x.clamp_(*self.clamp)
         return x
+
+
+    def _capture(self, x: torch.Tensor, mask: torch.Tensor | None) -> CapturedLangevinStep | None:
+        """The captured update to replay, or None to run the eager loop (see cuda_graph)."""
+        if self.cuda_graph is False:
+            return None
+        fused = x.is_cuda and dispatch.resolve_name(self.backend, x.device) != "torch"
+        if not fused:
+            if self.cuda_graph:
+                raise ValueError("cuda_graph=True needs x on a GPU and a fused backend there (ext or triton), "
+                                 f"got x on {x.device} with backend {self.backend or 'auto'!r}")
+            return None
+        try:
+            return CapturedLangevinStep(self.score, x, self.backend, mask)
+        except Exception as exc:  # noqa: BLE001 - auto mode degrades to the eager loop, loudly
+            if self.cuda_graph:
+                raise
+            warnings.warn(f"CUDA graph capture of the Langevin step failed ({exc}); sampling eagerly. "
+                          "Pass cuda_graph=False to silence this or True to make it an error.", stacklevel=3)
+            return None
 
 
 def _model_device(model) -> torch.device:
