@@ -8,7 +8,8 @@ kernel loops; the elementwise kernels give each chunk its own program).
 
 Forward, two passes over x (the per-sample statistics need every channel's mean before any output):
   1. _plane_stats: mu and rstd = 1/sqrt(var + eps) per plane, the variance by a two-pass sum within
-     each chunk merged across chunks with Chan's formula (no E[x^2] - E[x]^2 cancellation).
+     each chunk merged across chunks with Chan's formula (no E[x^2] - E[x]^2 cancellation), over
+     values shifted by the plane's first value (large means lose no precision).
   2. _sample_stats (one program per sample, over (N, C) numbers only): m, v, muhat, rv = 1/sqrt(v + eps).
   3. _apply: y = act(gamma * ((x - mu) * rstd + alpha * muhat) + beta), stored in x's dtype and layout.
 Backward, two passes over x and dy (g is recomputed from x and the saved statistics, y is not kept):
@@ -79,16 +80,16 @@ def _activation_slope(g, ACT: tl.constexpr):
 
 @triton.jit
 def _plane_coefficients(p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                        param_stride, HAS_BETA: tl.constexpr):
+                        gamma_stride, alpha_stride, beta_stride, HAS_BETA: tl.constexpr):
     """Per-plane mu, rstd, gamma, and b = gamma * alpha * muhat + beta: g = gamma * xhat + b."""
     mu = tl.load(mu_ptr + p, mask=pmask, other=0.0)
     rstd = tl.load(rstd_ptr + p, mask=pmask, other=0.0)
     muhat = tl.load(muhat_ptr + p, mask=pmask, other=0.0)
-    gamma = _param(gamma_ptr, p, C, param_stride, pmask)
-    alpha = _param(alpha_ptr, p, C, param_stride, pmask)
+    gamma = _param(gamma_ptr, p, C, gamma_stride, pmask)
+    alpha = _param(alpha_ptr, p, C, alpha_stride, pmask)
     shift = gamma * alpha * muhat
     if HAS_BETA:
-        shift += _param(beta_ptr, p, C, param_stride, pmask)
+        shift += _param(beta_ptr, p, C, beta_stride, pmask)
     return mu, rstd, gamma, alpha, muhat, shift
 
 
@@ -100,13 +101,18 @@ def _plane_coefficients(p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alp
 def _plane_stats(x_ptr, mu_ptr, rstd_ptr, P, C, HW, stride_n, stride_c, stride_hw, eps,
                  BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     pid = tl.program_id(0)
+    p = tl.cast(pid, tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P
+    # Sums run over x - pivot (each plane's first value) so a plane whose mean is large next to its
+    # spread keeps float32 precision in the chunk sums; the spread is unchanged by the shift.
+    pivot = tl.load(x_ptr + (p // C) * stride_n + (p % C) * stride_c, mask=pmask, other=0.0).to(tl.float32)
     mean = tl.zeros([BLOCK_P], tl.float32)
     m2 = tl.zeros([BLOCK_P], tl.float32)
     for start in range(0, HW, BLOCK_HW):
         p, offs, mask = _tile(pid, 0, P, C, HW, stride_n, stride_c, stride_hw, BLOCK_P, BLOCK_HW)
         offs += start * stride_hw
         mask &= (start + tl.arange(0, BLOCK_HW) < HW)[None, :]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.where(mask, tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - pivot[:, None], 0.0)
         count_b = tl.minimum(HW - start, BLOCK_HW).to(tl.float32)
         mean_b = tl.sum(x, axis=1) / count_b
         d = tl.where(mask, x - mean_b[:, None], 0.0)
@@ -117,14 +123,12 @@ def _plane_stats(x_ptr, mu_ptr, rstd_ptr, P, C, HW, stride_n, stride_c, stride_h
         delta = mean_b - mean
         mean += delta * (count_b / total)
         m2 += m2_b + delta * delta * (count_a * count_b / total)
-    p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < P
-    tl.store(mu_ptr + p, mean, mask=pmask)
+    tl.store(mu_ptr + p, pivot + mean, mask=pmask)
     tl.store(rstd_ptr + p, 1.0 / tl.sqrt_rn(m2 / HW + eps), mask=pmask)
 
 
 @triton.jit
-def _sample_stats(mu_ptr, muhat_ptr, rv_ptr, C, eps, BLOCK_C: tl.constexpr):
+def _sample_stats(mu_ptr, muhat_ptr, rv_ptr, C, inv_cm1, muhat_scale, eps, BLOCK_C: tl.constexpr):
     """Per sample n: m = mean_c mu, v = sum_c (mu - m)^2 / (C - 1), muhat = (mu - m) rv, rv = 1/sqrt(v + eps)."""
     n = tl.program_id(0).to(tl.int64)
     row = mu_ptr + n * C
@@ -138,31 +142,32 @@ def _sample_stats(mu_ptr, muhat_ptr, rv_ptr, C, eps, BLOCK_C: tl.constexpr):
         c = c0 + tl.arange(0, BLOCK_C)
         d = tl.where(c < C, tl.load(row + c, mask=c < C, other=0.0) - m, 0.0)
         sq += d * d
-    # C == 1: v is undefined and muhat is 0 by definition; rv is then unused (kept finite).
-    v = tl.sum(sq, axis=0) / tl.maximum(C - 1, 1)
+    # inv_cm1 = 1 / (C - 1) and muhat_scale = 1 come from the host (floats, never specialized on);
+    # for C == 1 both are 0: v is undefined, muhat is 0 by definition and rv (finite) goes unused.
+    v = tl.sum(sq, axis=0) * inv_cm1
     rv = 1.0 / tl.sqrt_rn(v + eps)
-    keep = tl.where(C > 1, 1.0, 0.0)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         mu = tl.load(row + c, mask=c < C, other=0.0)
-        tl.store(muhat_ptr + n * C + c, (mu - m) * rv * keep, mask=c < C)
+        tl.store(muhat_ptr + n * C + c, (mu - m) * rv * muhat_scale, mask=c < C)
     tl.store(rv_ptr + n, rv)
 
 
 @triton.jit
-def _apply(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr, param_stride,
-           P, C, HW, stride_n, stride_c, stride_hw,
+def _apply(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+           gamma_stride, alpha_stride, beta_stride, P, C, HW, stride_n, stride_c, stride_hw,
            ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     p, offs, mask = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, stride_n, stride_c, stride_hw,
                           BLOCK_P, BLOCK_HW)
     pmask = p < P
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
-        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr, param_stride, HAS_BETA)
+        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     xhat = (x - mu[:, None]) * rstd[:, None]
     g = gamma[:, None] * (xhat + (alpha * muhat)[:, None])
     if HAS_BETA:
-        g += _param(beta_ptr, p, C, param_stride, pmask)[:, None]
+        g += _param(beta_ptr, p, C, beta_stride, pmask)[:, None]
     tl.store(y_ptr + offs, _activate(g, ACT).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -183,14 +188,16 @@ def _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT: tl.conste
 
 
 @triton.jit
-def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr, param_stride,
+def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+                   gamma_stride, alpha_stride, beta_stride,
                    s1_ptr, s2_ptr, P, C, HW, stride_n, stride_c, stride_hw,
                    ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     pid = tl.program_id(0)
     p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < P
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
-        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr, param_stride, HAS_BETA)
+        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
     s1 = tl.zeros([BLOCK_P], tl.float32)
     s2 = tl.zeros([BLOCK_P], tl.float32)
     for start in range(0, HW, BLOCK_HW):
@@ -205,8 +212,8 @@ def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_
 
 
 @triton.jit
-def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, param_stride,
-                     dmu_ptr, dgamma_ptr, dalpha_ptr, C, BLOCK_C: tl.constexpr):
+def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, gamma_stride, alpha_stride,
+                     dmu_ptr, dgamma_ptr, dalpha_ptr, C, inv_cm1, muhat_scale, BLOCK_C: tl.constexpr):
     """Per sample n. With D_c = dL/dmuhat_c = alpha_c gamma_c S1_c and muhat = (mu - m) rv:
     dL/d(mu_c - m) = G_c = rv (D_c - muhat_c sum_k D_k muhat_k / (C - 1)), dL/dmu_c = G_c - mean_k G_k."""
     n = tl.program_id(0).to(tl.int64)
@@ -216,43 +223,43 @@ def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, pa
         c = c0 + tl.arange(0, BLOCK_C)
         cm = c < C
         p = n * C + c
-        d = _param(alpha_ptr, p, C, param_stride, cm) * _param(gamma_ptr, p, C, param_stride, cm) \
+        d = _param(alpha_ptr, p, C, alpha_stride, cm) * _param(gamma_ptr, p, C, gamma_stride, cm) \
             * tl.load(s1_ptr + p, mask=cm, other=0.0)
         dot += d * tl.load(muhat_ptr + p, mask=cm, other=0.0)
-    proj = tl.sum(dot, axis=0) / tl.maximum(C - 1, 1)
+    proj = tl.sum(dot, axis=0) * inv_cm1
     g_total = tl.zeros([BLOCK_C], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         cm = c < C
         p = n * C + c
-        d = _param(alpha_ptr, p, C, param_stride, cm) * _param(gamma_ptr, p, C, param_stride, cm) \
+        d = _param(alpha_ptr, p, C, alpha_stride, cm) * _param(gamma_ptr, p, C, gamma_stride, cm) \
             * tl.load(s1_ptr + p, mask=cm, other=0.0)
         g_total += tl.where(cm, rv * (d - tl.load(muhat_ptr + p, mask=cm, other=0.0) * proj), 0.0)
     g_mean = tl.sum(g_total, axis=0) / C
-    keep = tl.where(C > 1, 1.0, 0.0)  # C == 1: muhat is the constant 0, no gradient flows through it
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         cm = c < C
         p = n * C + c
-        gamma = _param(gamma_ptr, p, C, param_stride, cm)
-        alpha = _param(alpha_ptr, p, C, param_stride, cm)
+        gamma = _param(gamma_ptr, p, C, gamma_stride, cm)
+        alpha = _param(alpha_ptr, p, C, alpha_stride, cm)
         s1 = tl.load(s1_ptr + p, mask=cm, other=0.0)
         s2 = tl.load(s2_ptr + p, mask=cm, other=0.0)
         muhat = tl.load(muhat_ptr + p, mask=cm, other=0.0)
-        tl.store(dmu_ptr + p, (rv * (alpha * gamma * s1 - muhat * proj) - g_mean) * keep, mask=cm)
+        tl.store(dmu_ptr + p, (rv * (alpha * gamma * s1 - muhat * proj) - g_mean) * muhat_scale, mask=cm)
         tl.store(dgamma_ptr + p, s2 + alpha * muhat * s1, mask=cm)
         tl.store(dalpha_ptr + p, gamma * muhat * s1, mask=cm)
 
 
 @triton.jit
 def _backward_apply(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                    param_stride, s1_ptr, s2_ptr, dmu_ptr, P, C, HW, stride_n, stride_c, stride_hw,
+                    gamma_stride, alpha_stride, beta_stride, s1_ptr, s2_ptr, dmu_ptr, P, C, HW, stride_n, stride_c, stride_hw,
                     ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     p, offs, mask = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, stride_n, stride_c, stride_hw,
                           BLOCK_P, BLOCK_HW)
     pmask = p < P
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
-        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr, param_stride, HAS_BETA)
+        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
     s1 = tl.load(s1_ptr + p, mask=pmask, other=0.0) / HW
     s2 = tl.load(s2_ptr + p, mask=pmask, other=0.0) / HW
     dmu = tl.load(dmu_ptr + p, mask=pmask, other=0.0) / HW
@@ -287,8 +294,16 @@ def _warps(block_p, block_hw):
     return 8 if block_p * block_hw >= 4096 else 4
 
 
-def _param_stride(t, c):
-    return c if t.dim() == 2 else 0
+def _channel_constants(c):
+    """(1 / (C - 1), muhat scale): (0, 0) for C == 1, where muhat is defined as 0 (no gradient through it)."""
+    return (1.0 / (c - 1), 1.0) if c > 1 else (0.0, 0.0)
+
+
+def _params(gamma, alpha, beta, c):
+    """Kernel arguments (gamma, alpha, beta, their row strides): each may be (N, C) (stride C) or (C,)
+    (stride 0, shared by every sample) independently; a missing beta is replaced by gamma, unread."""
+    tensors = (gamma, alpha, beta if beta is not None else gamma)
+    return tensors + tuple(c if t.dim() == 2 else 0 for t in tensors)
 
 
 @torch.library.custom_op("fastscore_triton::cond_instance_norm_plus", mutates_args=())
@@ -308,9 +323,9 @@ def norm_forward_op(x: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor, b
     warps = _warps(block_p, block_hw)
     _plane_stats[(triton.cdiv(p, block_p),)](x, mu, rstd, p, c, hw, *strides, eps,
                                              BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
-    _sample_stats[(n,)](mu, muhat, rv, c, eps, BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
+    _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps, BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
     _apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
-        x, y, mu, rstd, muhat, gamma, alpha, beta if beta is not None else gamma, _param_stride(gamma, c),
+        x, y, mu, rstd, muhat, *_params(gamma, alpha, beta, c),
         p, c, hw, *strides, ACT=ACTIVATION_CODES[activation], HAS_BETA=beta is not None,
         BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
     return y, mu, rstd, muhat, rv
@@ -343,11 +358,11 @@ def norm_backward_op(dy: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, alp
     warps = _warps(block_p, block_hw)
     common = dict(ACT=ACTIVATION_CODES[activation], HAS_BETA=beta is not None, BLOCK_P=block_p,
                   BLOCK_HW=block_hw, num_warps=warps)
-    params = (gamma, alpha, beta if beta is not None else gamma, _param_stride(gamma, c))
+    params = _params(gamma, alpha, beta, c)
     _backward_sums[(triton.cdiv(p, block_p),)](x, dy, mu, rstd, muhat, *params, s1, s2, p, c, hw, *strides,
                                                **common)
-    _backward_sample[(n,)](s1, s2, muhat, rv, gamma, alpha, params[3], dmu, dgamma, dalpha, c,
-                           BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
+    _backward_sample[(n,)](s1, s2, muhat, rv, gamma, alpha, *params[3:5], dmu, dgamma, dalpha, c,
+                           *_channel_constants(c), BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
     _backward_apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
         x, dy, dx, mu, rstd, muhat, *params, s1, s2, dmu, p, c, hw, *strides, **common)
     return dx, dgamma, dalpha, s1

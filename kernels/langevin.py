@@ -13,10 +13,10 @@ import triton
 import triton.language as tl
 
 from . import _common
-from .noise import join64, launch_geometry, num_warps_for, sample_chunk_normals
+from .noise import STREAM_ARGS, join64, launch_geometry, num_warps_for, sample_chunk_normals
 
 
-@triton.jit
+@triton.jit(do_not_specialize=STREAM_ARGS)
 def _langevin_kernel(x_ptr, score_ptr, coeff_ptr, step, scale, N, D, C, HW,
                      seed_lo, seed_hi, off_lo, off_hi,
                      COEFFS_IN_MEMORY: tl.constexpr, CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):

@@ -20,12 +20,16 @@ import triton.language as tl
 
 from . import _common
 
-PHILOX_M0 = 0xD2511F53
-PHILOX_M1 = 0xCD9E8D57
-PHILOX_W0 = 0x9E3779B9
-PHILOX_W1 = 0xBB67AE85
-TWO_PI = 6.283185307179586
-TWO_POW_M24 = 5.9604644775390625e-08
+# Globals read inside @triton.jit functions must be constexpr (compiled Triton rejects other globals).
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+TWO_PI = tl.constexpr(6.283185307179586)
+TWO_POW_M24 = tl.constexpr(5.9604644775390625e-08)
+# Noise-stream arguments arrive as 32-bit halves; never specialize on their values (== 1, % 16), so one
+# compiled kernel serves every seed and offset.
+STREAM_ARGS = ["seed_lo", "seed_hi", "off_lo", "off_hi"]
 MAX_GROUPS = 512  # Philox groups per program: blocks of up to 2048 elements
 
 
@@ -132,7 +136,7 @@ def num_warps_for(groups: int) -> int:
     return 8 if groups >= 512 else 4
 
 
-@triton.jit
+@triton.jit(do_not_specialize=STREAM_ARGS)
 def _randn_kernel(out_ptr, numel, seed_lo, seed_hi, off_lo, off_hi, GROUPS: tl.constexpr):
     offset = join64(off_lo, off_hi)
     idx, valid, z = sample_chunk_normals(tl.program_id(1), tl.program_id(0), numel, 1, 1,

@@ -10,10 +10,10 @@ import triton
 import triton.language as tl
 
 from . import _common
-from .noise import join64, launch_geometry, num_warps_for, randn_op, sample_chunk_normals
+from .noise import STREAM_ARGS, join64, launch_geometry, num_warps_for, randn_op, sample_chunk_normals
 
 
-@triton.jit
+@triton.jit(do_not_specialize=STREAM_ARGS)
 def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
                     CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
     offset = join64(off_lo, off_hi)

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from . import _common
-from .noise import join64, launch_geometry, num_warps_for, sample_chunk_normals
+from .noise import STREAM_ARGS, join64, launch_geometry, num_warps_for, sample_chunk_normals
 
 REDUCTION_CODES = {"mean": 0, "sum": 1, "none": 2}
 FINAL_BLOCK_N = 64
@@ -25,7 +25,7 @@ def _pow(base, exponent):
     return tl.exp2(exponent * tl.log2(base))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=STREAM_ARGS)
 def _partial_kernel(scores_ptr, sigma_ptr, partial_ptr, N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
                     CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
     offset = join64(off_lo, off_hi)
@@ -43,7 +43,7 @@ def _partial_kernel(scores_ptr, sigma_ptr, partial_ptr, N, D, C, HW, seed_lo, se
 @triton.jit
 def _finish_kernel(partial_ptr, sigma_ptr, out_ptr, N, chunks, power,
                    REDUCTION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    total = 0.0
+    total = tl.full([], 0.0, tl.float32)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         row_ok = rows < N
@@ -64,7 +64,7 @@ def _finish_kernel(partial_ptr, sigma_ptr, out_ptr, N, chunks, power,
         tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=STREAM_ARGS)
 def _backward_kernel(grad_ptr, grad_stride, inv_count, scores_ptr, sigma_ptr, out_ptr, power,
                      N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
                      CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
