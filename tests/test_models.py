@@ -450,3 +450,50 @@ def test_bfloat16_autocast():
     assert out.dtype == torch.bfloat16
     # Rounding to bf16 through ~40 layers: a few elements can be far off, the whole stays close.
     assert ((out.float() - expected).norm() / expected.norm()).item() < 0.05
+
+
+def _fill_deterministic(model, seed):
+    """Set every parameter from a generator, visiting names in sorted order: any network with ncsn's
+    names and shapes gets the same weights, whatever its code."""
+    g = torch.Generator().manual_seed(seed)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name in sorted(state):
+            p = state[name]
+            z = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            if name.endswith("embed.weight"):
+                p.copy_(1 + 0.3 * z)
+            elif p.dim() == 4:
+                p.copy_(z / p[0].numel() ** 0.5)
+            else:
+                p.copy_(0.1 * z)
+
+
+# Outputs of ermongroup/ncsn's own CondRefineNetDilated / CondRefineNetDeeperDilated, run once in
+# float64 with these weights and inputs (its CondMSFBlock accumulator, a float32 zeros tensor, switched
+# to the input dtype so that float64 is float64 throughout): sum, sum of squares, and six elements of
+# the flattened output.
+NCSN_GOLDEN = {
+    "CondRefineNetDilated": (
+        (1, 28, 4), -1581.3837080595974, 2502.35549974268, [0, 313, 626, 940, 1253, 1567],
+        [0.16152213323558015, -0.7043751976598276, 0.05929571036329473, -0.9492889868555887,
+         -0.9485468255555811, -3.088377926705433]),
+    "CondRefineNetDeeperDilated": (
+        (3, 64, 2), -19393.41076007268, 27474.6491858392, [0, 4915, 9830, 14745, 19660, 24575],
+        [0.9055638920744461, -0.9400531882867798, -0.7683749271474379, 0.246032222572054,
+         -1.1513171815081202, -0.40486238549809006]),
+}
+
+
+@pytest.mark.parametrize("arch", [CondRefineNetDilated, CondRefineNetDeeperDilated])
+def test_outputs_equal_ncsn(arch):
+    (channels, size, ngf), total, squares, index, values = NCSN_GOLDEN[arch.__name__]
+    model = arch(ncsn_namespace(channels, size, ngf, 3)).double()
+    _fill_deterministic(model, 0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, channels, size, size, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x, torch.tensor([2, 0]))
+    assert out.sum().item() == pytest.approx(total, rel=1e-9)
+    assert out.square().sum().item() == pytest.approx(squares, rel=1e-9)
+    assert out.flatten()[index].tolist() == pytest.approx(values, rel=1e-9, abs=1e-12)
