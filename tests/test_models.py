@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import backend_params, requires_cuda
 from fastscore.config import load_config
 from fastscore.models import (CondRefineNetDeeperDilated, CondRefineNetDilated, NCSNv2, NCSNv2Deeper,
                               build_model, load_ncsn_state_dict, ncsn_state_dict)
@@ -497,3 +498,48 @@ def test_outputs_equal_ncsn(arch):
     assert out.sum().item() == pytest.approx(total, rel=1e-9)
     assert out.square().sum().item() == pytest.approx(squares, rel=1e-9)
     assert out.flatten()[index].tolist() == pytest.approx(values, rel=1e-9, abs=1e-12)
+
+
+@requires_cuda
+@pytest.mark.parametrize("fuse", [False, True])
+def test_cuda_forward_backward_matches_plain_torch_norm(fuse):
+    """On the GPU (auto backend: the fused kernels), with channels_last, against plain-PyTorch norms."""
+    torch.manual_seed(9)
+    model = CondRefineNetDilated(channels=3, image_size=32, ngf=8, num_classes=5, fuse_norm_act=fuse)
+    _randomize_norms(model)
+    model = model.cuda().to(memory_format=torch.channels_last)
+    plain = with_plain_norms(model)
+    x, y = _inputs(4, 3, 32, 5)
+    x, y = x.cuda().contiguous(memory_format=torch.channels_last), y.cuda()
+    out, expected = model(x, y), plain(x, y)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * scale)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, list(model.parameters()), g)
+    expected_grads = torch.autograd.grad(expected, list(plain.parameters()), g)
+    for (name, _), a, b in zip(model.named_parameters(), grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item() + 1e-6, msg=name)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out_bf16 = model(x, y)
+    assert out_bf16.dtype == torch.bfloat16 and torch.isfinite(out_bf16).all()
+    assert ((out_bf16.float() - out).norm() / out.norm()).item() < 0.05
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_every_backend_runs_the_network(backend, device):
+    """The network on each available backend (FASTSCORE_BACKEND) agrees with the torch reference."""
+    torch.manual_seed(10)
+    model = CondRefineNetDilated(ngf=4, num_classes=3).to(device)
+    _randomize_norms(model)
+    x, y = _inputs(2, 1, 28, 3)
+    x, y = x.to(device), y.to(device)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, CondInstanceNorm2dPlus):
+                module.backend = "torch"
+        expected = model(x, y)
+        for module in model.modules():
+            if isinstance(module, CondInstanceNorm2dPlus):
+                module.backend = backend
+        out = model(x, y)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
