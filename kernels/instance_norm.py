@@ -18,6 +18,9 @@ Backward, two passes over x and dy (g is recomputed from x and the saved statist
      grads: dgamma = S2 + alpha muhat S1, dalpha = gamma muhat S1, dbeta = S1 (summed over N in
      torch for shared (C,) parameters).
   3. _backward_apply: dx = gamma rstd (dg - S1/HW - xhat S2/HW) + dmu/HW.
+When a whole sample fits one program (next_pow2(C) * next_pow2(H*W) <= SAMPLE_TILE, the common case
+for NCSN feature maps), _fused_forward and _fused_backward do all of the above in one program per
+sample: one read of x (and dy), one write, one launch. The split kernels serve larger samples.
 All arithmetic and statistics are float32 whatever the storage dtype.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from . import _common
 
 ACTIVATION_CODES = {None: 0, "elu": 1, "relu": 2}
 TILE = 4096                 # elements per program tile; tests shrink it to force the looping paths
+SAMPLE_TILE = 8192          # a sample of at most this many (padded) values takes the one-pass kernels
 CHANNELS_LAST_PLANES = 32   # planes per tile for channels_last, so loads run along C (contiguous)
 SAMPLE_BLOCK_C = 1024       # channels per step of the per-sample kernels
 
@@ -269,6 +273,78 @@ def _backward_apply(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_pt
 
 
 # ----------------------------------------------------------------------------------------------
+# One-pass kernels: a whole sample (C x HW, padded to powers of two) in one program's registers
+
+
+@triton.jit
+def _sample_tile(C, HW, stride_n, stride_c, stride_hw, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    hw = tl.arange(0, BLOCK_HW)
+    cmask = c < C
+    offs = n * stride_n + c[:, None].to(tl.int64) * stride_c + hw[None, :].to(tl.int64) * stride_hw
+    return n, c, cmask, offs, cmask[:, None] & (hw < HW)[None, :]
+
+
+@triton.jit
+def _fused_forward(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+                   gamma_stride, alpha_stride, beta_stride, C, HW, stride_n, stride_c, stride_hw,
+                   inv_cm1, muhat_scale, eps,
+                   ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Sample n in one read of x: plane statistics, channel statistics, normalise, affine, act, store."""
+    n, c, cmask, offs, mask = _sample_tile(C, HW, stride_n, stride_c, stride_hw, BLOCK_C, BLOCK_HW)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    mu = tl.sum(x, axis=1) / HW
+    d = tl.where(mask, x - mu[:, None], 0.0)
+    # One refinement of the mean: the first sum carries the rounding of |mean|-sized terms.
+    correction = tl.sum(d, axis=1) / HW
+    mu += correction
+    d = tl.where(mask, d - correction[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt_rn(tl.sum(d * d, axis=1) / HW + eps)
+    m = tl.sum(tl.where(cmask, mu, 0.0), axis=0) / C
+    dm = tl.where(cmask, mu - m, 0.0)
+    rv = 1.0 / tl.sqrt_rn(tl.sum(dm * dm, axis=0) * inv_cm1 + eps)
+    muhat = dm * rv * muhat_scale
+    p = n * C + c
+    gamma = _param(gamma_ptr, p, C, gamma_stride, cmask)
+    alpha = _param(alpha_ptr, p, C, alpha_stride, cmask)
+    g = gamma[:, None] * (d * rstd[:, None] + (alpha * muhat)[:, None])
+    if HAS_BETA:
+        g += _param(beta_ptr, p, C, beta_stride, cmask)[:, None]
+    tl.store(y_ptr + offs, _activate(g, ACT).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(mu_ptr + p, mu, mask=cmask)
+    tl.store(rstd_ptr + p, rstd, mask=cmask)
+    tl.store(muhat_ptr + p, muhat, mask=cmask)
+    tl.store(rv_ptr + n, rv)
+
+
+@triton.jit
+def _fused_backward(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+                    gamma_stride, alpha_stride, beta_stride, s1_ptr, dgamma_ptr, dalpha_ptr,
+                    C, HW, stride_n, stride_c, stride_hw, inv_cm1, muhat_scale,
+                    ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Sample n in one read of x and dy: the three backward stages of the split kernels in registers."""
+    n, c, cmask, offs, mask = _sample_tile(C, HW, stride_n, stride_c, stride_hw, BLOCK_C, BLOCK_HW)
+    p = n * C + c
+    mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
+        p, cmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
+    xhat, dg = _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT)
+    s1 = tl.sum(dg, axis=1)
+    s2 = tl.sum(dg * xhat, axis=1)
+    rv = tl.load(rv_ptr + n)
+    dmuhat = alpha * gamma * s1
+    proj = tl.sum(dmuhat * muhat, axis=0) * inv_cm1
+    g_c = tl.where(cmask, rv * (dmuhat - muhat * proj), 0.0)
+    dmu = (g_c - tl.sum(g_c, axis=0) / C) * muhat_scale
+    dx = (gamma * rstd)[:, None] * (dg - (s1 / HW)[:, None] - xhat * (s2 / HW)[:, None]) + (dmu / HW)[:, None]
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(s1_ptr + p, s1, mask=cmask)
+    tl.store(dgamma_ptr + p, s2 + alpha * muhat * s1, mask=cmask)
+    tl.store(dalpha_ptr + p, gamma * muhat * s1, mask=cmask)
+
+
+# ----------------------------------------------------------------------------------------------
 # Host side
 
 
@@ -290,8 +366,15 @@ def _blocks(p, c, hw, channels_last):
     return min(triton.next_power_of_2(p), max(1, TILE // block_hw)), block_hw
 
 
+def _sample_blocks(c, hw):
+    """(BLOCK_C, BLOCK_HW) of the one-pass kernels, or None when a sample does not fit SAMPLE_TILE."""
+    block_c, block_hw = triton.next_power_of_2(c), triton.next_power_of_2(hw)
+    return (block_c, block_hw) if block_c * block_hw <= SAMPLE_TILE else None
+
+
 def _warps(block_p, block_hw):
-    return 8 if block_p * block_hw >= 4096 else 4
+    tile = block_p * block_hw
+    return 16 if tile >= 8192 else 8 if tile >= 4096 else 4
 
 
 def _channel_constants(c):
@@ -319,15 +402,22 @@ def norm_forward_op(x: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor, b
     f32 = dict(device=x.device, dtype=torch.float32)
     mu, rstd, muhat, rv = torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, **f32)
     y = torch.empty_like(x)
+    act, has_beta = ACTIVATION_CODES[activation], beta is not None
+    sample_blocks = _sample_blocks(c, hw)
+    if sample_blocks is not None:
+        _fused_forward[(n,)](x, y, mu, rstd, muhat, rv, *_params(gamma, alpha, beta, c), c, hw, *strides,
+                             *_channel_constants(c), eps, ACT=act, HAS_BETA=has_beta, BLOCK_C=sample_blocks[0],
+                             BLOCK_HW=sample_blocks[1], num_warps=_warps(*sample_blocks))
+        return y, mu, rstd, muhat, rv
     block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
     warps = _warps(block_p, block_hw)
     _plane_stats[(triton.cdiv(p, block_p),)](x, mu, rstd, p, c, hw, *strides, eps,
                                              BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
-    _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps, BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
+    _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps,
+                        BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
     _apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
-        x, y, mu, rstd, muhat, *_params(gamma, alpha, beta, c),
-        p, c, hw, *strides, ACT=ACTIVATION_CODES[activation], HAS_BETA=beta is not None,
-        BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
+        x, y, mu, rstd, muhat, *_params(gamma, alpha, beta, c), p, c, hw, *strides, ACT=act,
+        HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
     return y, mu, rstd, muhat, rv
 
 
@@ -351,14 +441,20 @@ def norm_backward_op(dy: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, alp
     n = x.shape[0]
     p, c, hw, strides = _geometry(x)
     f32 = dict(device=x.device, dtype=torch.float32)
-    s1, s2, dmu = torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, c, **f32)
-    dgamma, dalpha = torch.empty(n, c, **f32), torch.empty(n, c, **f32)
+    s1, dgamma, dalpha = torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, c, **f32)
     dx = torch.empty_like(x)
+    act, has_beta = ACTIVATION_CODES[activation], beta is not None
+    params = _params(gamma, alpha, beta, c)
+    sample_blocks = _sample_blocks(c, hw)
+    if sample_blocks is not None:
+        _fused_backward[(n,)](x, dy, dx, mu, rstd, muhat, rv, *params, s1, dgamma, dalpha, c, hw, *strides,
+                              *_channel_constants(c), ACT=act, HAS_BETA=has_beta, BLOCK_C=sample_blocks[0],
+                              BLOCK_HW=sample_blocks[1], num_warps=_warps(*sample_blocks))
+        return dx, dgamma, dalpha, s1
+    s2, dmu = torch.empty(n, c, **f32), torch.empty(n, c, **f32)
     block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
     warps = _warps(block_p, block_hw)
-    common = dict(ACT=ACTIVATION_CODES[activation], HAS_BETA=beta is not None, BLOCK_P=block_p,
-                  BLOCK_HW=block_hw, num_warps=warps)
-    params = _params(gamma, alpha, beta, c)
+    common = dict(ACT=act, HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
     _backward_sums[(triton.cdiv(p, block_p),)](x, dy, mu, rstd, muhat, *params, s1, s2, p, c, hw, *strides,
                                                **common)
     _backward_sample[(n,)](s1, s2, muhat, rv, gamma, alpha, *params[3:5], dmu, dgamma, dalpha, c,

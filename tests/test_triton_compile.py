@@ -62,6 +62,12 @@ def _compile_all() -> list[str]:
         build(instance_norm._apply, kinds)
         build(instance_norm._backward_sums, kinds)
         build(instance_norm._backward_apply, kinds)
+    for act, blocks in ((1, (8, 1024)), (0, (64, 1))):
+        kinds = dict(ACT=act, HAS_BETA=act == 1, BLOCK_C=blocks[0], BLOCK_HW=blocks[1])
+        build(instance_norm._fused_forward, kinds)
+        build(instance_norm._fused_backward, kinds)
+    build(instance_norm._fused_forward, dict(ACT=2, HAS_BETA=True, BLOCK_C=1, BLOCK_HW=1), ones=("C", "HW"))
+    build(instance_norm._fused_backward, dict(ACT=2, HAS_BETA=True, BLOCK_C=1, BLOCK_HW=64), ones=("C",))
     norm_ones = ("C", "HW", "stride_hw", "gamma_stride")
     build(instance_norm._plane_stats, dict(BLOCK_P=64, BLOCK_HW=1), ones=("C", "HW", "stride_hw"))
     build(instance_norm._backward_apply, dict(ACT=1, HAS_BETA=False, BLOCK_P=64, BLOCK_HW=1), ones=norm_ones)

@@ -94,8 +94,11 @@ def test_opcheck_flat_ops(k, device):
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-def test_opcheck_norm(k, device, channels_last):
+@pytest.mark.parametrize("channels_last,split", [(False, False), (True, True)],
+                         ids=["contiguous-one-pass", "channels_last-split"])
+def test_opcheck_norm(k, device, channels_last, split, monkeypatch):
+    if split:
+        monkeypatch.setattr(k.instance_norm, "SAMPLE_TILE", 0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = rand((2, 3, 4, 5), device, shift=0.3, fmt=fmt).requires_grad_()
     gamma = rand((2, 3), device, shift=1.0).requires_grad_()
@@ -135,6 +138,7 @@ def test_compile_fullgraph_norm_channels_last_shared_params(device):
 def test_norm_large_plane_loop_with_small_tile(k, device, channels_last, monkeypatch):
     """A tile much smaller than a plane: the statistics loop over chunks (Chan merge), the elementwise
     kernels spread a plane over many programs."""
+    monkeypatch.setattr(k.instance_norm, "SAMPLE_TILE", 0)  # no one-pass kernels: the split path
     monkeypatch.setattr(k.instance_norm, "TILE", 16)
     monkeypatch.setattr(k.instance_norm, "CHANNELS_LAST_PLANES", 4)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -150,8 +154,9 @@ def test_norm_large_plane_loop_with_small_tile(k, device, channels_last, monkeyp
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-def test_norm_small_planes_packed_across_samples(k, device, channels_last):
+def test_norm_small_planes_packed_across_samples(k, device, channels_last, monkeypatch):
     """Planes of 2..6 values: many planes per program, the packing crossing sample boundaries."""
+    monkeypatch.setattr(k.instance_norm, "SAMPLE_TILE", 0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(2)
     for shape in [(5, 3, 2, 3), (7, 2, 1, 2), (3, 5, 1, 1)]:
@@ -160,6 +165,24 @@ def test_norm_small_planes_packed_across_samples(k, device, channels_last):
         assert block_p > c, "several samples' planes must share a program"
         x = rand(shape, device, scale=1.5, shift=-0.2, fmt=fmt)
         check_norm(x, rand((c,), device, shift=1.0), rand((c,), device), None, "relu", str(shape))
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("split", [False, True], ids=["one-pass", "split"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_norm_one_pass_and_split_paths(k, device, split, channels_last, monkeypatch):
+    """The same inputs through the one-pass kernels (a sample per program) and the split kernels."""
+    if split:
+        monkeypatch.setattr(k.instance_norm, "SAMPLE_TILE", 0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    shape = (3, 5, 6, 7) if device == "cpu" else (8, 32, 16, 16)
+    n, c = shape[:2]
+    assert (k.instance_norm._sample_blocks(c, shape[2] * shape[3]) is None) == split
+    torch.manual_seed(7)
+    for dtype, activation in ((torch.float32, "elu"), (torch.float16, None)):
+        x = rand(shape, device, dtype, scale=3.0, shift=20.0, fmt=fmt)  # a mean well off zero
+        check_norm(x, rand((n, c), device, shift=1.0), rand((c,), device), rand((n, c), device), activation,
+                   f"{shape} {dtype}")
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
