@@ -25,6 +25,8 @@ def _langevin_kernel(x_ptr, score_ptr, coeff_ptr, step, scale, N, D, C, HW,
         step = tl.load(coeff_ptr).to(tl.float32)
         scale = tl.load(coeff_ptr + 1).to(tl.float32)
     chunk = tl.program_id(0)
+    # Contiguous x is passed as one sample of N * D elements (the update has nothing per sample), so
+    # blocks are full whatever the sample size; channels_last x is walked per sample.
     for n in range(tl.program_id(1), N, tl.num_programs(1)):
         idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
                                              CHANNELS_LAST, GROUPS)
@@ -36,6 +38,8 @@ def _langevin_kernel(x_ptr, score_ptr, coeff_ptr, step, scale, N, D, C, HW,
 def _launch(x, score, coeffs, step, scale, seed, offset):
     score = _common.like(score, x)
     n, d, c, hw, channels_last = _common.sample_geometry(x)
+    if not channels_last:
+        n, d = 1, n * d
     groups, grid = launch_geometry(n, d)
     _langevin_kernel[grid](x, score, coeffs if coeffs is not None else x, step, scale, n, d, c, hw,
                            *_common.stream_args(seed, offset), COEFFS_IN_MEMORY=coeffs is not None,

@@ -1,6 +1,7 @@
 """perturb(x, sigma, seed, offset) = x + sigma[n] * z in one pass, z regenerated from (seed, offset).
 
-One read of x, one write of the result, no noise tensor. Differentiable in x (identity) and sigma
+One read of x, one write of the result, no noise tensor. Contiguous x is tiled as one flat range
+(blocks independent of the sample size); channels_last x per sample (see noise.sample_chunk_normals). Differentiable in x (identity) and sigma
 (d/dsigma[n] = sum_d grad * z, the noise regenerated once more in the backward).
 """
 from __future__ import annotations
@@ -15,15 +16,24 @@ from .noise import STREAM_ARGS, join64, launch_geometry, num_warps_for, randn_op
 
 @triton.jit(do_not_specialize=STREAM_ARGS)
 def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
-                    CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
+                    FLAT: tl.constexpr, INDEX_32: tl.constexpr, CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
     offset = join64(off_lo, off_hi)
     chunk = tl.program_id(0)
-    for n in range(tl.program_id(1), N, tl.num_programs(1)):
-        idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
-                                             CHANNELS_LAST, GROUPS)
-        s = tl.load(sigma_ptr + n).to(tl.float32)
+    if FLAT:
+        # Contiguous x: programs tile the whole tensor's Philox groups regardless of sample bounds
+        # (full blocks even for small or odd D); each element finds its sample's sigma.
+        idx, valid, z = sample_chunk_normals(0, chunk, N * D, 1, 1, seed_lo, seed_hi, offset, False, GROUPS)
+        sample = idx.to(tl.int32) // D if INDEX_32 else idx // D
+        s = tl.load(sigma_ptr + sample, mask=valid, other=1.0).to(tl.float32)
         x = tl.load(x_ptr + idx, mask=valid).to(tl.float32)
         tl.store(out_ptr + idx, (x + s * z).to(out_ptr.dtype.element_ty), mask=valid)
+    else:
+        for n in range(tl.program_id(1), N, tl.num_programs(1)):
+            idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
+                                                 CHANNELS_LAST, GROUPS)
+            s = tl.load(sigma_ptr + n).to(tl.float32)
+            x = tl.load(x_ptr + idx, mask=valid).to(tl.float32)
+            tl.store(out_ptr + idx, (x + s * z).to(out_ptr.dtype.element_ty), mask=valid)
 
 
 @torch.library.custom_op("fastscore_triton::perturb", mutates_args=())
@@ -32,9 +42,11 @@ def perturb_op(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> 
     sigma = sigma.contiguous()
     out = torch.empty_like(x)  # same layout as the dense x
     n, d, c, hw, channels_last = _common.sample_geometry(x)
-    groups, grid = launch_geometry(n, d)
-    _perturb_kernel[grid](x, sigma, out, n, d, c, hw, *_common.stream_args(seed, offset),
-                          CHANNELS_LAST=channels_last, GROUPS=groups, num_warps=num_warps_for(groups))
+    flat = not channels_last
+    groups, grid = launch_geometry(1, n * d) if flat else launch_geometry(n, d)
+    _perturb_kernel[grid](x, sigma, out, n, d, c, hw, *_common.stream_args(seed, offset), FLAT=flat,
+                          INDEX_32=x.numel() < 2**31, CHANNELS_LAST=channels_last, GROUPS=groups,
+                          num_warps=num_warps_for(groups))
     return out
 
 

@@ -197,6 +197,19 @@ def test_norm_plane_of_65536_with_large_mean(device):
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_norm_backward_of_a_sum_gets_an_expanded_gradient(device):
+    """y.sum() hands the backward a stride-0 dy; it must be read as the dense ones it stands for."""
+    x = rand((2, 3, 4, 4), device, fmt=torch.channels_last).requires_grad_()
+    gamma, alpha = rand((3,), device, shift=1.0), rand((3,), device)
+    (dx,) = torch.autograd.grad(
+        fastscore.cond_instance_norm_plus(x, gamma, alpha, activation="elu", backend="triton").sum(), x)
+    rx = x.detach().double().requires_grad_()
+    (dx_ref,) = torch.autograd.grad(
+        reference.cond_instance_norm_plus(rx, gamma.double(), alpha.double(), None, 1e-5, "elu").sum(), rx)
+    assert_close(dx, dx_ref, torch.float32, "dx")
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 def test_norm_odd_layouts_and_mixed_parameter_dtypes(device):
     """A non-dense x (a slice) goes through a dense copy; float32 parameters with a bfloat16 x."""
     torch.manual_seed(4)
@@ -262,10 +275,12 @@ def test_dsm_loss_regenerates_the_noise_of_perturb(device, channels_last):
 def test_samples_beyond_the_grid_limit_are_looped(k, device, monkeypatch):
     """Grid dimension 1 (samples) is capped at 65,535 on CUDA; programs then loop over samples."""
     monkeypatch.setattr(k._common, "MAX_GRID_Y", 2)
-    x = rand((5, 3, 4), device)
     sigma = torch.rand(5, device=device) + 0.1
+    x = rand((5, 3, 2, 2), device, fmt=torch.channels_last)  # channels_last ops run per sample
     got = fastscore.perturb(x, sigma, 1, 2, backend="triton")
     assert_close(got, reference.perturb(x.double(), sigma.double(), 1, 2), torch.float32, "perturb")
+    want = reference.langevin_step_(x.double(), x.double(), 0.1, 1, 2)
+    assert_close(fastscore.langevin_step_(x, x.clone(), 0.1, 1, 2, backend="triton"), want, torch.float32, "langevin")
     scores = rand((5, 3, 4), device).requires_grad_()
     loss = fastscore.dsm_loss(scores, sigma, 1, 2, 2.0, "none", backend="triton")
     rs = scores.detach().double().requires_grad_()
