@@ -256,7 +256,8 @@ def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, ga
 
 @triton.jit
 def _backward_apply(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                    gamma_stride, alpha_stride, beta_stride, s1_ptr, s2_ptr, dmu_ptr, P, C, HW, stride_n, stride_c, stride_hw,
+                    gamma_stride, alpha_stride, beta_stride, s1_ptr, s2_ptr, dmu_ptr,
+                    P, C, HW, stride_n, stride_c, stride_hw,
                     ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     p, offs, mask = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, stride_n, stride_c, stride_hw,
                           BLOCK_P, BLOCK_HW)
@@ -400,7 +401,8 @@ def norm_forward_op(x: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor, b
     n = x.shape[0]
     p, c, hw, strides = _geometry(x)
     f32 = dict(device=x.device, dtype=torch.float32)
-    mu, rstd, muhat, rv = torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, **f32)
+    mu, rstd, muhat = (torch.empty(n, c, **f32) for _ in range(3))
+    rv = torch.empty(n, **f32)
     y = torch.empty_like(x)
     act, has_beta = ACTIVATION_CODES[activation], beta is not None
     sample_blocks = _sample_blocks(c, hw)

@@ -13,13 +13,14 @@ import triton
 import triton.language as tl
 
 from . import _common
-from .noise import STREAM_ARGS, join64, launch_geometry, num_warps_for, sample_chunk_normals
+from .noise import STREAM_ARGS, join64, launch_geometry, sample_chunk_normals
 
 
 @triton.jit(do_not_specialize=STREAM_ARGS)
 def _langevin_kernel(x_ptr, score_ptr, coeff_ptr, step, scale, N, D, C, HW,
                      seed_lo, seed_hi, off_lo, off_hi,
-                     COEFFS_IN_MEMORY: tl.constexpr, CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
+                     COEFFS_IN_MEMORY: tl.constexpr, CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
     offset = join64(off_lo, off_hi)
     if COEFFS_IN_MEMORY:
         step = tl.load(coeff_ptr).to(tl.float32)
@@ -29,7 +30,7 @@ def _langevin_kernel(x_ptr, score_ptr, coeff_ptr, step, scale, N, D, C, HW,
     # blocks are full whatever the sample size; channels_last x is walked per sample.
     for n in range(tl.program_id(1), N, tl.num_programs(1)):
         idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
-                                             CHANNELS_LAST, GROUPS)
+                                             CHANNELS_LAST, GROUPS, BLOCK_C)
         x = tl.load(x_ptr + idx, mask=valid).to(tl.float32)
         s = tl.load(score_ptr + idx, mask=valid).to(tl.float32)
         tl.store(x_ptr + idx, (x + step * s + scale * z).to(x_ptr.dtype.element_ty), mask=valid)
@@ -40,10 +41,10 @@ def _launch(x, score, coeffs, step, scale, seed, offset):
     n, d, c, hw, channels_last = _common.sample_geometry(x)
     if not channels_last:
         n, d = 1, n * d
-    groups, grid = launch_geometry(n, d)
+    meta, grid = launch_geometry(n, d, c, hw, channels_last)
     _langevin_kernel[grid](x, score, coeffs if coeffs is not None else x, step, scale, n, d, c, hw,
                            *_common.stream_args(seed, offset), COEFFS_IN_MEMORY=coeffs is not None,
-                           CHANNELS_LAST=channels_last, GROUPS=groups, num_warps=num_warps_for(groups))
+                           CHANNELS_LAST=channels_last, **meta)
 
 
 @torch.library.custom_op("fastscore_triton::langevin_step_", mutates_args=("x",))

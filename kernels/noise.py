@@ -4,13 +4,13 @@ normal(seed, j) = lane j % 4 of Box-Muller applied to Philox4x32-10(counter = j 
 Everything is uint32 arithmetic (tl.umulhi for the high product word); the 64-bit counter and seed
 arrive as 32-bit halves (see _common.stream_args) so one compiled kernel serves every value.
 
-Two ways to produce the numbers a block of elements needs:
-  grouped  - memory order is logical order: one Philox call per 4 consecutive elements, its four
-             lanes interleaved into place (4x less Philox work than per element).
-  per element - channels_last memory order: each element maps its memory position back to its
-             logical index and computes its own Philox call and lane.
-sample_chunk_normals picks between them and is what every flat kernel (perturb, dsm_loss,
-langevin_step_, randn) calls.
+One Philox call serves 4 consecutive stream positions, its four lanes interleaved into place, in
+both memory formats (sample_chunk_normals, what every flat kernel calls):
+  contiguous    - a block is a run of consecutive groups of 4 (memory order is logical order).
+  channels_last - a block is a [4 * GROUPS positions, BLOCK_C channels] tile of one sample: along a
+                  channel's plane the positions are consecutive in the stream, so each row of the
+                  tile gets whole Philox groups, and the tile is laid out channel-fastest, the
+                  direction that is contiguous in NHWC memory.
 """
 from __future__ import annotations
 
@@ -85,36 +85,34 @@ def normals4(k, seed_lo, seed_hi):
 
 
 @triton.jit
-def normal_at(j, seed_lo, seed_hi):
-    """normal(seed, j) for an int64 tensor of stream indices j, one Philox call per element."""
-    u0, u1, u2, u3 = philox_words(j >> 2, seed_lo, seed_hi)
-    lane = j & 3
-    first_pair = lane < 2
-    r = tl.sqrt_rn(-2.0 * tl.log(uniform01(tl.where(first_pair, u0, u2))))
-    a = TWO_PI * uniform01(tl.where(first_pair, u1, u3))
-    return r * tl.where((lane & 1) == 0, tl.cos(a), tl.sin(a))
-
-
-@triton.jit
 def sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
-                         CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
-    """Chunk `chunk` of sample n of a dense tensor of N samples of D elements.
+                         CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Block `chunk` of sample n of a dense tensor of N samples of D elements.
 
-    Returns (idx, valid, z): int64 memory indices of 4 * GROUPS elements, which of them belong to
-    sample n, and z = normal(seed, offset + logical index) for each.
+    Returns (idx, valid, z): int64 memory indices of a block, which of them are elements of sample n,
+    and z = normal(seed, offset + logical index) for each.
 
-    Contiguous: chunks tile sample n's Philox groups, starting at the group holding its first
-    element (elements of neighbouring samples in the first and last group are masked off), so a
-    sample needs cdiv(D + 3, 4 * GROUPS) chunks. Channels_last: chunks tile sample n's memory.
+    Contiguous ([4 * GROUPS]): blocks tile sample n's Philox groups from the group holding its first
+    element (elements of neighbouring samples in the first and last group are masked off); a sample
+    takes cdiv(D + 3, 4 * GROUPS) blocks.
+    Channels_last ([4 * GROUPS, BLOCK_C]): block = (position chunk, channel block); channel c's row
+    starts at the group holding (n, c, 0), so a row is shifted by that element's lane s_c: the tile
+    holds positions chunk * 4 * GROUPS - s_c + t. A sample takes cdiv(HW + 3, 4 * GROUPS) *
+    cdiv(C, BLOCK_C) blocks.
     """
     BLOCK: tl.constexpr = 4 * GROUPS
     start = tl.cast(n, tl.int64) * D
     if CHANNELS_LAST:
-        q = chunk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)      # position in the sample's NHWC memory
-        valid = q < D
-        logical = start + (q % C) * HW + q // C                     # its NCHW index
-        z = normal_at(offset + logical, seed_lo, seed_hi)
-        idx = start + q
+        channel_blocks = tl.cdiv(C, BLOCK_C)
+        hw_chunk = (chunk // channel_blocks).to(tl.int64)
+        c = (chunk % channel_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        first = offset + start + c.to(tl.int64) * HW                 # stream index of (n, c, 0)
+        k = (first // 4 + hw_chunk * GROUPS)[:, None] + tl.arange(0, GROUPS)[None, :]
+        n0, n1, n2, n3 = normals4(k, seed_lo, seed_hi)               # [BLOCK_C, GROUPS] each
+        z = tl.trans(tl.interleave(tl.interleave(n0, n2), tl.interleave(n1, n3)))   # [BLOCK, BLOCK_C]
+        hw = hw_chunk * BLOCK + tl.arange(0, BLOCK)[:, None] - (first % 4)[None, :]
+        valid = (hw >= 0) & (hw < HW) & (c < C)[None, :]
+        idx = start + hw * C + c[None, :]
     else:
         k = (offset + start) // 4 + chunk.to(tl.int64) * GROUPS + tl.arange(0, GROUPS)
         n0, n1, n2, n3 = normals4(k, seed_lo, seed_hi)
@@ -125,22 +123,34 @@ def sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
     return idx, valid, z
 
 
-def launch_geometry(n: int, d: int) -> tuple[int, tuple[int, int]]:
-    """(GROUPS, grid) for a flat kernel over N samples of D elements: grid = (chunks, samples)."""
-    groups = min(MAX_GROUPS, triton.next_power_of_2(triton.cdiv(d + 3, 4)))
-    chunks = triton.cdiv(d + 3, 4 * groups)
-    return groups, (chunks, min(n, _common.MAX_GRID_Y))
+CHANNELS_LAST_BLOCK_C = 32  # channels per channels_last tile
+
+
+def launch_geometry(n: int, d: int, c: int = 1, hw: int = 1, channels_last: bool = False):
+    """(meta, grid) of a flat kernel over N samples of D elements: meta holds GROUPS, BLOCK_C and
+    num_warps, grid = (blocks per sample, samples), the samples looped past CUDA's grid limit."""
+    if channels_last:
+        block_c = min(triton.next_power_of_2(c), CHANNELS_LAST_BLOCK_C)
+        groups = min(max(1, MAX_GROUPS // block_c), triton.next_power_of_2(triton.cdiv(hw + 3, 4)))
+        blocks = triton.cdiv(hw + 3, 4 * groups) * triton.cdiv(c, block_c)
+    else:
+        block_c = 1
+        groups = min(MAX_GROUPS, triton.next_power_of_2(triton.cdiv(d + 3, 4)))
+        blocks = triton.cdiv(d + 3, 4 * groups)
+    meta = dict(GROUPS=groups, BLOCK_C=block_c, num_warps=num_warps_for(groups * block_c))
+    return meta, (blocks, min(n, _common.MAX_GRID_Y))
 
 
 def num_warps_for(groups: int) -> int:
+    """Warps for a block of 4 * groups elements."""
     return 8 if groups >= 512 else 4
 
 
 @triton.jit(do_not_specialize=STREAM_ARGS)
-def _randn_kernel(out_ptr, numel, seed_lo, seed_hi, off_lo, off_hi, GROUPS: tl.constexpr):
+def _randn_kernel(out_ptr, numel, seed_lo, seed_hi, off_lo, off_hi, GROUPS: tl.constexpr, BLOCK_C: tl.constexpr):
     offset = join64(off_lo, off_hi)
     idx, valid, z = sample_chunk_normals(tl.program_id(1), tl.program_id(0), numel, 1, 1,
-                                         seed_lo, seed_hi, offset, False, GROUPS)
+                                         seed_lo, seed_hi, offset, False, GROUPS, BLOCK_C)
     tl.store(out_ptr + idx, z.to(out_ptr.dtype.element_ty), mask=valid)
 
 
@@ -148,9 +158,8 @@ def _randn_kernel(out_ptr, numel, seed_lo, seed_hi, off_lo, off_hi, GROUPS: tl.c
 def randn_op(numel: int, seed: int, offset: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty(numel, device=device, dtype=dtype)
     if numel:
-        groups, grid = launch_geometry(1, numel)
-        _randn_kernel[grid](out, numel, *_common.stream_args(seed, offset), GROUPS=groups,
-                            num_warps=num_warps_for(groups))
+        meta, grid = launch_geometry(1, numel)
+        _randn_kernel[grid](out, numel, *_common.stream_args(seed, offset), **meta)
     return out
 
 

@@ -1,8 +1,9 @@
 """perturb(x, sigma, seed, offset) = x + sigma[n] * z in one pass, z regenerated from (seed, offset).
 
 One read of x, one write of the result, no noise tensor. Contiguous x is tiled as one flat range
-(blocks independent of the sample size); channels_last x per sample (see noise.sample_chunk_normals). Differentiable in x (identity) and sigma
-(d/dsigma[n] = sum_d grad * z, the noise regenerated once more in the backward).
+(blocks independent of the sample size); channels_last x per sample (see noise.sample_chunk_normals).
+Differentiable in x (identity) and sigma (d/dsigma[n] = sum_d grad * z, the noise regenerated once
+more in the backward).
 """
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ import triton
 import triton.language as tl
 
 from . import _common
-from .noise import STREAM_ARGS, join64, launch_geometry, num_warps_for, randn_op, sample_chunk_normals
+from .noise import STREAM_ARGS, join64, launch_geometry, randn_op, sample_chunk_normals
 
 
 @triton.jit(do_not_specialize=STREAM_ARGS)
 def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
-                    FLAT: tl.constexpr, INDEX_32: tl.constexpr, CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
+                    FLAT: tl.constexpr, INDEX_32: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                    GROUPS: tl.constexpr, BLOCK_C: tl.constexpr):
     offset = join64(off_lo, off_hi)
     chunk = tl.program_id(0)
     if FLAT:
         # Contiguous x: programs tile the whole tensor's Philox groups regardless of sample bounds
         # (full blocks even for small or odd D); each element finds its sample's sigma.
-        idx, valid, z = sample_chunk_normals(0, chunk, N * D, 1, 1, seed_lo, seed_hi, offset, False, GROUPS)
+        idx, valid, z = sample_chunk_normals(0, chunk, N * D, 1, 1, seed_lo, seed_hi, offset, False, GROUPS,
+                                              BLOCK_C)
         sample = idx.to(tl.int32) // D if INDEX_32 else idx // D
         s = tl.load(sigma_ptr + sample, mask=valid, other=1.0).to(tl.float32)
         x = tl.load(x_ptr + idx, mask=valid).to(tl.float32)
@@ -30,7 +33,7 @@ def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, N, D, C, HW, seed_lo, seed_hi, of
     else:
         for n in range(tl.program_id(1), N, tl.num_programs(1)):
             idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
-                                                 CHANNELS_LAST, GROUPS)
+                                                 CHANNELS_LAST, GROUPS, BLOCK_C)
             s = tl.load(sigma_ptr + n).to(tl.float32)
             x = tl.load(x_ptr + idx, mask=valid).to(tl.float32)
             tl.store(out_ptr + idx, (x + s * z).to(out_ptr.dtype.element_ty), mask=valid)
@@ -43,10 +46,9 @@ def perturb_op(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> 
     out = torch.empty_like(x)  # same layout as the dense x
     n, d, c, hw, channels_last = _common.sample_geometry(x)
     flat = not channels_last
-    groups, grid = launch_geometry(1, n * d) if flat else launch_geometry(n, d)
+    meta, grid = launch_geometry(1, n * d) if flat else launch_geometry(n, d, c, hw, channels_last)
     _perturb_kernel[grid](x, sigma, out, n, d, c, hw, *_common.stream_args(seed, offset), FLAT=flat,
-                          INDEX_32=x.numel() < 2**31, CHANNELS_LAST=channels_last, GROUPS=groups,
-                          num_warps=num_warps_for(groups))
+                          INDEX_32=x.numel() < 2**31, CHANNELS_LAST=channels_last, **meta)
     return out
 
 

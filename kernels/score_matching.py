@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from . import _common
-from .noise import STREAM_ARGS, join64, launch_geometry, num_warps_for, sample_chunk_normals
+from .noise import STREAM_ARGS, join64, launch_geometry, sample_chunk_normals
 
 REDUCTION_CODES = {"mean": 0, "sum": 1, "none": 2}
 FINAL_BLOCK_N = 64
@@ -27,17 +27,18 @@ def _pow(base, exponent):
 
 @triton.jit(do_not_specialize=STREAM_ARGS)
 def _partial_kernel(scores_ptr, sigma_ptr, partial_ptr, N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
-                    CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
+                    CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr, BLOCK_C: tl.constexpr):
     offset = join64(off_lo, off_hi)
     chunk = tl.program_id(0)
     chunks = tl.num_programs(0)
     for n in range(tl.program_id(1), N, tl.num_programs(1)):
         idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
-                                             CHANNELS_LAST, GROUPS)
+                                             CHANNELS_LAST, GROUPS, BLOCK_C)
         s = tl.load(scores_ptr + idx, mask=valid).to(tl.float32)
         sigma = tl.load(sigma_ptr + n).to(tl.float32)
         r = tl.where(valid, s + z / sigma, 0.0)
-        tl.store(partial_ptr + tl.cast(n, tl.int64) * chunks + chunk, tl.sum(r * r, axis=0))
+        sq = tl.ravel(r * r, can_reorder=True)  # a channels_last block is 2-D
+        tl.store(partial_ptr + tl.cast(n, tl.int64) * chunks + chunk, tl.sum(sq, axis=0))
 
 
 @triton.jit
@@ -67,12 +68,12 @@ def _finish_kernel(partial_ptr, sigma_ptr, out_ptr, N, chunks, power,
 @triton.jit(do_not_specialize=STREAM_ARGS)
 def _backward_kernel(grad_ptr, grad_stride, inv_count, scores_ptr, sigma_ptr, out_ptr, power,
                      N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
-                     CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr):
+                     CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr, BLOCK_C: tl.constexpr):
     offset = join64(off_lo, off_hi)
     chunk = tl.program_id(0)
     for n in range(tl.program_id(1), N, tl.num_programs(1)):
         idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
-                                             CHANNELS_LAST, GROUPS)
+                                             CHANNELS_LAST, GROUPS, BLOCK_C)
         sigma = tl.load(sigma_ptr + n).to(tl.float32)
         g = tl.load(grad_ptr + tl.cast(n, tl.int64) * grad_stride).to(tl.float32) * inv_count
         coef = g * _pow(sigma, power)
@@ -93,10 +94,10 @@ def dsm_loss_op(scores: torch.Tensor, sigma: torch.Tensor, seed: int, offset: in
     sigma = sigma.contiguous()
     shape, dtype = _loss_meta(scores, reduction)
     n, d, c, hw, channels_last = _common.sample_geometry(scores)
-    groups, grid = launch_geometry(n, d)
+    meta, grid = launch_geometry(n, d, c, hw, channels_last)
     partial = torch.empty((n, grid[0]), device=scores.device, dtype=torch.float32)
     _partial_kernel[grid](scores, sigma, partial, n, d, c, hw, *_common.stream_args(seed, offset),
-                          CHANNELS_LAST=channels_last, GROUPS=groups, num_warps=num_warps_for(groups))
+                          CHANNELS_LAST=channels_last, **meta)
     out = torch.empty(shape, device=scores.device, dtype=dtype)
     _finish_kernel[(1,)](partial, sigma, out, n, grid[0], anneal_power, REDUCTION=REDUCTION_CODES[reduction],
                          BLOCK_N=FINAL_BLOCK_N, BLOCK_K=FINAL_BLOCK_K)
@@ -116,12 +117,11 @@ def dsm_loss_backward_op(grad: torch.Tensor, scores: torch.Tensor, sigma: torch.
     sigma = sigma.contiguous()
     out = torch.empty_like(scores)
     n, d, c, hw, channels_last = _common.sample_geometry(scores)
-    groups, grid = launch_geometry(n, d)
+    meta, grid = launch_geometry(n, d, c, hw, channels_last)
     grad_stride = grad.stride(0) if grad.dim() else 0
     inv_count = 1.0 / n if reduction == "mean" else 1.0
     _backward_kernel[grid](grad, grad_stride, inv_count, scores, sigma, out, anneal_power, n, d, c, hw,
-                           *_common.stream_args(seed, offset), CHANNELS_LAST=channels_last, GROUPS=groups,
-                           num_warps=num_warps_for(groups))
+                           *_common.stream_args(seed, offset), CHANNELS_LAST=channels_last, **meta)
     return out
 
 

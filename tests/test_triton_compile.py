@@ -47,14 +47,18 @@ def _compile_all() -> list[str]:
 
     flat_ones = ("N", "D", "C", "HW")
     for channels_last in (False, True):
-        build(perturbation._perturb_kernel, dict(FLAT=not channels_last, INDEX_32=channels_last,
-                                                 CHANNELS_LAST=channels_last, GROUPS=512))
-        build(langevin._langevin_kernel, dict(COEFFS_IN_MEMORY=channels_last, CHANNELS_LAST=channels_last, GROUPS=64))
-        build(score_matching._partial_kernel, dict(CHANNELS_LAST=channels_last, GROUPS=512))
-        build(score_matching._backward_kernel, dict(CHANNELS_LAST=channels_last, GROUPS=512))
-    build(perturbation._perturb_kernel, dict(FLAT=True, INDEX_32=True, CHANNELS_LAST=False, GROUPS=1), ones=flat_ones)
-    build(perturbation._perturb_kernel, dict(FLAT=False, INDEX_32=True, CHANNELS_LAST=True, GROUPS=1), ones=flat_ones)
-    build(noise._randn_kernel, dict(GROUPS=512))
+        blocks = dict(GROUPS=16, BLOCK_C=32) if channels_last else dict(GROUPS=512, BLOCK_C=1)
+        build(perturbation._perturb_kernel, dict(blocks, FLAT=not channels_last, INDEX_32=channels_last,
+                                                 CHANNELS_LAST=channels_last))
+        build(langevin._langevin_kernel, dict(blocks, COEFFS_IN_MEMORY=channels_last, CHANNELS_LAST=channels_last))
+        build(score_matching._partial_kernel, dict(blocks, CHANNELS_LAST=channels_last))
+        build(score_matching._backward_kernel, dict(blocks, CHANNELS_LAST=channels_last))
+    build(perturbation._perturb_kernel, dict(FLAT=True, INDEX_32=True, CHANNELS_LAST=False, GROUPS=1, BLOCK_C=1),
+          ones=flat_ones)
+    build(perturbation._perturb_kernel, dict(FLAT=False, INDEX_32=True, CHANNELS_LAST=True, GROUPS=1, BLOCK_C=1),
+          ones=flat_ones)
+    build(score_matching._partial_kernel, dict(CHANNELS_LAST=True, GROUPS=128, BLOCK_C=4), ones=("C",))
+    build(noise._randn_kernel, dict(GROUPS=512, BLOCK_C=1))
     for reduction in (0, 2):
         build(score_matching._finish_kernel, dict(REDUCTION=reduction, BLOCK_N=64, BLOCK_K=32), ones=("N", "chunks"))
     for act, blocks in ((1, (1, 4096)), (2, (32, 128))):

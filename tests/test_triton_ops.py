@@ -245,14 +245,18 @@ def test_randn_many_programs_matches_reference_stream(device, seed, offset):
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-def test_channels_last_noise_is_in_logical_order(device):
-    """perturb of a channels_last x uses the same z per logical element as of its contiguous copy."""
-    x = rand((3, 5, 7, 3), device)
-    sigma = torch.rand(3, device=device) + 0.1
-    a = fastscore.perturb(x, sigma, 5, 6, backend="triton")
-    b = fastscore.perturb(x.contiguous(memory_format=torch.channels_last), sigma, 5, 6, backend="triton")
-    assert b.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+@pytest.mark.parametrize("shape", [(3, 5, 7, 3), (2, 37, 3, 5), (2, 3, 16, 16), (1, 70, 1, 2)])
+def test_channels_last_noise_is_in_logical_order(device, shape):
+    """perturb of a channels_last x uses the same z per logical element as of its contiguous copy:
+    planes of H*W = 21, 15, 256, 2 (rows of a channels_last tile starting at every lane of a Philox
+    group), C over one tile of channels (37, 70), offsets at every lane."""
+    x = rand(shape, device)
+    sigma = torch.rand(shape[0], device=device) + 0.1
+    for offset in (6, 2**35 + 3):
+        a = fastscore.perturb(x, sigma, 5, offset, backend="triton")
+        b = fastscore.perturb(x.contiguous(memory_format=torch.channels_last), sigma, 5, offset, backend="triton")
+        assert b.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
