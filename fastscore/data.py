@@ -233,6 +233,10 @@ class Preprocess:
             x = logit(x, self.lam)
         return x
 
+    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images as the network sees them, without the random parts (for inpainting references)."""
+        return logit(x, self.lam) if self.logit_transform else x
+
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         """Back to [0, 1] image space (for writing samples)."""
         if self.logit_transform:

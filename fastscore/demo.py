@@ -1,0 +1,220 @@
+"""`fastscore demo`: train, sample and inpaint a small NCSN on the bundled MNIST subset, and measure it.
+
+The whole command runs within a wall-time budget (default 7 minutes): after the backend is warmed up
+(the C++ extension may compile on first use) and one network forward is timed, the time that
+sampling, inpainting and the classifier will need is set aside and training gets the rest (capped by
+the config's n_iters). So a slower machine trains fewer steps rather than overrunning. The report
+(report.md, report.json) says how many steps it got and what the digit classifier makes of the
+samples, beside the same figures for held-out real digits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import torch
+
+from . import metrics, training
+from .config import load_config
+from .data import DataSpec
+from .images import save_png
+from .inpainting import half_mask, inpaint_grid, reference_images
+
+CONFIG = "demo"  # fastscore/configs/mnist-small.yml
+N_SAMPLES = 100
+N_INPAINT = 10
+PER_IMAGE = 4
+KEEP = "top"
+TINY = {  # a seconds-long smoke run of the same code path (tests, `--tiny`)
+    "model.ngf": 4, "model.num_classes": 3, "training.batch_size": 16, "training.n_iters": 4,
+    "sampling.n_steps_each": 2,
+}
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+def _time_forward(model, batch: int, shape, device) -> float:
+    """Seconds for one no-grad forward of `batch` images (best of two, after a warm-up call)."""
+    x = torch.rand((batch,) + tuple(shape), device=device)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    best = float("inf")
+    with torch.no_grad():
+        model.eval()
+        model(x, y)
+        for _ in range(2):
+            t = time.perf_counter()
+            model(x, y)
+            best = min(best, time.perf_counter() - t)
+        model.train()
+    return best
+
+
+def main(out: str = "fastscore-demo", minutes: float = 7.0, seed: int = 0, quiet: bool = False,
+         tiny: bool = False, device: str | None = None) -> int:
+    t0 = time.perf_counter()
+    budget = minutes * 60.0
+    os.makedirs(out, exist_ok=True)
+    overrides = {"fastscore.seed": seed, **(TINY if tiny else {})}
+    if device is not None:
+        overrides["fastscore.device"] = device
+    config = load_config(CONFIG, overrides)
+    n_samples, n_inpaint, per_image = (16, 4, 2) if tiny else (N_SAMPLES, N_INPAINT, PER_IMAGE)
+
+    # Warm the op backend first: a first use may compile the C++ extension, which must not be
+    # counted against training's share of the budget after it has been set.
+    dev = training.resolve_device(config.fastscore.device)
+    import fastscore
+
+    fastscore.perturb(torch.zeros(2, 1, 2, 2, device=dev), torch.ones(2, device=dev), 0)
+    backend = fastscore.dispatch.resolve_name(None, dev)
+    run_dir = os.path.join(out, "run")
+    trainer = training.build_trainer(config, run_dir, sample_count=0, progress=not quiet)
+    shape = (config.data.channels, config.data.image_size, config.data.image_size)
+
+    # What sampling + inpainting will cost: (levels * steps + denoise) forwards of each batch.
+    levels, steps = config.model.num_classes, config.sampling.n_steps_each
+    forwards = levels * steps + int(config.sampling.final_denoise)
+    t_sample = _time_forward(trainer.model, n_samples, shape, dev)
+    t_inpaint = _time_forward(trainer.model, n_inpaint * per_image, shape, dev)
+    reserve = 1.15 * forwards * (t_sample + t_inpaint) + (3.0 if tiny else 25.0)  # + classifier, files
+    time_limit = max(budget - (time.perf_counter() - t0) - reserve, 5.0)
+    trainer.settings.time_limit = time_limit
+    _log(f"fastscore demo: {backend} backend on {dev}; training for up to {time_limit:.0f} s "
+         f"(at most {config.training.n_iters} steps), then {n_samples} samples and {n_inpaint}x{per_image} "
+         f"inpaintings ({levels} levels x {steps} steps, about {forwards * (t_sample + t_inpaint):.0f} s)", quiet)
+
+    # 1. Train.
+    t_train = time.perf_counter()
+    result = trainer.train()
+    train_seconds = time.perf_counter() - t_train
+    model = trainer.sampling_model().eval()
+    _log(f"trained {result.step} steps in {train_seconds:.0f} s ({result.stopped}), last loss "
+         f"{result.last_loss:.4g}", quiet)
+
+    # 2. Sample.
+    preprocess = trainer.preprocess
+    sampler = training.make_sampler(model, config, trainer.sigmas, dev)
+    t_s = time.perf_counter()
+    samples = preprocess.invert(sampler.sample(n_samples, seed=seed, progress=not quiet)).cpu()
+    sample_seconds = time.perf_counter() - t_s
+    save_png(samples, os.path.join(out, "samples.png"), nrow=10 if n_samples >= 10 else None)
+
+    # 3. Inpaint held-out digits (never trained on), one per class.
+    refs, ref_labels = reference_images(DataSpec(image_size=config.data.image_size, split="test"), n_inpaint)
+    mask = half_mask(refs.shape, KEEP)
+    t_i = time.perf_counter()
+    filled = sampler.inpaint(preprocess.to_model_space(refs).repeat(per_image, 1, 1, 1).to(dev),
+                             mask.repeat(per_image, 1, 1, 1).to(dev), seed=seed + 1, progress=not quiet)
+    filled = preprocess.invert(filled).cpu()
+    inpaint_seconds = time.perf_counter() - t_i
+    save_png(inpaint_grid(refs, mask, filled, per_image), os.path.join(out, "inpaint.png"), nrow=n_inpaint)
+
+    # 4. Measure with the digit classifier (trained on the same training split).
+    t_c = time.perf_counter()
+    clf = metrics.train_classifier(**({"epochs": 1, "width": 8} if tiny else {}), seed=seed)
+    real = metrics.real_digit_report(clf)
+    real_same_n = metrics.real_digit_report(clf, count=n_samples, seed=seed)
+    gen = metrics.digit_report(clf, samples)
+    inpainted = metrics.digit_report(clf, filled, ref_labels.repeat(per_image))
+    masked_only = metrics.digit_report(clf, refs * mask, ref_labels)
+    classifier_seconds = time.perf_counter() - t_c
+    total = time.perf_counter() - t0
+
+    report = {
+        "command": "fastscore demo",
+        "wall_seconds": round(total, 1),
+        "budget_seconds": budget,
+        "machine": {"cpu_threads": torch.get_num_threads(), "device": str(dev), "backend": backend,
+                    "platform": platform.platform(), "torch": torch.__version__},
+        "config": config.to_dict(),
+        "training": {"steps": result.step, "stopped": result.stopped, "seconds": round(train_seconds, 1),
+                     "time_limit": round(time_limit, 1), "last_loss": result.last_loss,
+                     "loss_curve": result.losses, "images": trainer.meta["images"],
+                     "ema_rate": trainer.settings.ema_rate},
+        "sampling": {"count": n_samples, "levels": levels, "steps_each": steps,
+                     "step_lr": config.sampling.step_lr, "denoise": config.sampling.final_denoise,
+                     "seconds": round(sample_seconds, 1)},
+        "inpainting": {"images": n_inpaint, "per_image": per_image, "kept_half": KEEP,
+                       "seconds": round(inpaint_seconds, 1)},
+        "classifier": {"held_out_accuracy": real.accuracy, "seconds": round(classifier_seconds, 1)},
+        "figures": {"samples": gen.as_dict(), "real_held_out": real.as_dict(),
+                    f"real_held_out_{n_samples}": real_same_n.as_dict(), "inpainted": inpainted.as_dict(),
+                    "kept_half_only": masked_only.as_dict()},
+        "files": {"samples": "samples.png", "inpaint": "inpaint.png", "checkpoint": "run/checkpoint.pt",
+                  "log": "run/log.csv"},
+    }
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(markdown(report))
+    _log("\n" + summary(report) + f"\nwrote {out}/samples.png, inpaint.png, report.md, report.json", quiet)
+    return 0
+
+
+def _row(name: str, r: dict) -> str:
+    acc = "" if r.get("accuracy") is None else f"{100 * r['accuracy']:.0f}%"
+    return (f"| {name} | {r['count']} | {r['mean_confidence']:.3f} | {100 * r['confident_fraction']:.0f}% | "
+            f"{r['classes_covered']}/10 | {acc} |")
+
+
+def summary(report: dict) -> str:
+    fig, tr = report["figures"], report["training"]
+    n = report["sampling"]["count"]
+    return "\n".join([
+        f"fastscore demo in {report['wall_seconds']:.0f} s: {tr['steps']} training steps "
+        f"({tr['seconds']:.0f} s), sampling {report['sampling']['seconds']:.0f} s, inpainting "
+        f"{report['inpainting']['seconds']:.0f} s",
+        f"digit classifier (held-out accuracy {100 * report['classifier']['held_out_accuracy']:.1f}%), "
+        "mean confidence / classes covered:",
+        f"  samples        {fig['samples']['mean_confidence']:.3f}  {fig['samples']['classes_covered']}/10",
+        f"  real held-out  {fig[f'real_held_out_{n}']['mean_confidence']:.3f}  "
+        f"{fig[f'real_held_out_{n}']['classes_covered']}/10   ({n} random held-out digits)",
+        f"  inpainted      {fig['inpainted']['mean_confidence']:.3f}  accuracy "
+        f"{100 * fig['inpainted']['accuracy']:.0f}% (kept half alone: "
+        f"{100 * fig['kept_half_only']['accuracy']:.0f}%)",
+    ])
+
+
+def markdown(report: dict) -> str:
+    fig, tr, s = report["figures"], report["training"], report["sampling"]
+    n = s["count"]
+    c = report["config"]
+    return "\n".join([
+        "# fastscore demo report",
+        "",
+        f"Whole command: {report['wall_seconds']:.0f} s (budget {report['budget_seconds']:.0f} s) on "
+        f"{report['machine']['device']} ({report['machine']['cpu_threads']} threads, "
+        f"{report['machine']['backend']} backend).",
+        "",
+        f"- Training: CondRefineNetDilated, ngf {c['model']['ngf']}, {c['model']['num_classes']} noise levels "
+        f"{c['model']['sigma_begin']} to {c['model']['sigma_end']}, batch {c['training']['batch_size']}, "
+        f"lr {c['optim']['lr']}, EMA {tr['ema_rate']}; {tr['steps']} steps in {tr['seconds']:.0f} s "
+        f"({tr['stopped']}) on {tr['images']} bundled MNIST digits; last loss {tr['last_loss']:.4g}.",
+        f"- Sampling: {n} samples, annealed Langevin {s['levels']} levels x {s['steps_each']} steps, "
+        f"step_lr {s['step_lr']}, final denoise {s['denoise']}: {s['seconds']:.0f} s. `samples.png`.",
+        f"- Inpainting: {report['inpainting']['images']} held-out digits (one per class), the "
+        f"{report['inpainting']['kept_half']} half kept, {report['inpainting']['per_image']} completions each: "
+        f"{report['inpainting']['seconds']:.0f} s. `inpaint.png` (rows: input, completions, original).",
+        "",
+        "A small CNN trained on the same 4,500 training digits "
+        f"({100 * report['classifier']['held_out_accuracy']:.1f}% accurate on the 500 held-out ones) judges "
+        "the images. Mean confidence is the mean top softmax probability (the classifier was trained to be "
+        "unsure on noise: about 0.1 there); classes covered counts classes predicted with probability "
+        ">= 0.5.",
+        "",
+        "| images | count | mean confidence | confident (>= 0.9) | classes covered | accuracy |",
+        "|---|---|---|---|---|---|",
+        _row("generated samples", fig["samples"]),
+        _row(f"real held-out digits ({n} random)", fig[f"real_held_out_{n}"]),
+        _row("real held-out digits (all)", fig["real_held_out"]),
+        _row("inpainted (vs the original's class)", fig["inpainted"]),
+        _row("kept half alone (no inpainting)", fig["kept_half_only"]),
+        "",
+        f"Predicted classes of the samples (0-9): {fig['samples']['histogram']}",
+        "",
+    ])
