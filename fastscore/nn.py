@@ -38,11 +38,11 @@ def _check_labels(y, x: torch.Tensor) -> None:
         raise TypeError(f"y (noise-level labels) must be a torch.Tensor of integers, got {type(y).__name__}")
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise TypeError(f"y (noise-level labels) must be an integer tensor, got {y.dtype}")
-    if y.dim() != 1 or x.dim() < 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"y (noise-level labels) must have shape (N,) = ({x.shape[0] if x.dim() else '?'},) to match x, "
-            f"got {tuple(y.shape)}"
-        )
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return  # the op itself reports a bad x
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y (noise-level labels) must have shape (N,) = ({x.shape[0]},) to match x, "
+                         f"got {tuple(y.shape)}")
 
 
 class CondInstanceNorm2dPlus(nn.Module):
