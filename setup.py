@@ -1,7 +1,66 @@
-"""Packaging: fastscore/ plus kernels/ installed as fastscore.kernels."""
-from setuptools import setup
+"""Packaging: fastscore/ plus kernels/ installed as fastscore.kernels, and the compiled fastscore._C.
+
+fastscore._C (csrc/) is compiled against the torch importable here: C++ CPU kernels always, CUDA
+kernels too when nvcc and a CUDA torch are present and there is a GPU or TORCH_CUDA_ARCH_LIST to build
+for (FASTSCORE_CUDA=0/1 forces). Under pip's build isolation torch is usually not importable here; the
+package then installs without the extension and fastscore compiles the same sources (shipped as
+fastscore/csrc) at first use, against the torch that loads them. `pip install --no-build-isolation .`
+builds it now.
+"""
+import importlib.util
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+# Every fastscore subpackage (others are being added), the Triton kernels and the C++/CUDA sources.
+PACKAGES = find_packages(include=["fastscore", "fastscore.*"]) + ["fastscore.kernels", "fastscore.csrc"]
+PACKAGE_DIR = {"fastscore.kernels": "kernels", "fastscore.csrc": "csrc"}
+PACKAGE_DATA = {
+    "fastscore": ["assets/*", "configs/*.yml", "configs/*.yaml"],
+    "fastscore.csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh"],
+}
+
+
+def _load_build_helpers():
+    spec = importlib.util.spec_from_file_location("_fastscore_build", ROOT / "fastscore" / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def extension_kwargs() -> dict:
+    try:
+        import torch  # noqa: F401
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        print("fastscore: torch is not importable in this build environment (pip build isolation?): installing "
+              "without fastscore._C; it will be compiled at first use against the torch that imports it.",
+              file=sys.stderr)
+        return {}
+    build = _load_build_helpers()
+    capability = build.cpu_capability()
+    with_cuda, why = build.cuda_decision(gpu_visible=torch.cuda.is_available())
+    arch = build.cuda_arch_list() if with_cuda else None
+    gen_dir = ROOT / "build" / "fastscore_gen"
+    build.write_info_header(gen_dir, build.build_info("pip", capability, with_cuda, arch, ROOT / "csrc"))
+    print(f"fastscore: building fastscore._C for torch {torch.__version__}, CPU {capability}, "
+          f"CUDA {'arch ' + arch if with_cuda else 'off'} ({why})", file=sys.stderr)
+    sources = [f"csrc/{s}" for s in build.CPU_SOURCES + (build.CUDA_SOURCES if with_cuda else ())]
+    include_dirs = [str(gen_dir), str(ROOT / "csrc")] + (build.extra_cuda_include_dirs() if with_cuda else [])
+    compile_args = {"cxx": build.cxx_flags(capability, with_cuda)}
+    if with_cuda:
+        compile_args["nvcc"] = build.nvcc_flags()
+    ext_class = CUDAExtension if with_cuda else CppExtension
+    ext = ext_class("fastscore._C", sources, include_dirs=include_dirs, extra_compile_args=compile_args,
+                    extra_link_args=["-fopenmp"])
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": BuildExtension.with_options(use_ninja=True)}}
+
 
 setup(
-    packages=["fastscore", "fastscore.ops", "fastscore.kernels"],
-    package_dir={"fastscore.kernels": "kernels"},
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    package_data=PACKAGE_DATA,
+    **extension_kwargs(),
 )

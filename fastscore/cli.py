@@ -23,6 +23,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         works = "yes" if row["available"] else "no"
         note = "default (auto)" if row["auto"] else row["reason"]
         print(f"{row['backend']:8} {row['device']:6} {works:6} {note}")
+    from fastscore import extension  # where the compiled kernels came from and what they were built with
+
+    print(f"\n{extension.describe()}")
     return 0
 
 

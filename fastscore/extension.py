@@ -1,5 +1,335 @@
-"""The compiled extension fastscore._C (C++ CPU and CUDA kernels). Not written yet."""
+"""The `ext` backend: the compiled fastscore._C (C++ CPU kernels, CUDA kernels when built with CUDA).
+
+Loading, in order, the first time a backend is probed:
+  1. the fastscore._C installed with the package (setup.py), if its embedded build description says
+     it was compiled against this very torch (version and git hash) for an x86 ISA this CPU has. The
+     description is read from the file's bytes before anything is loaded: an extension built against
+     another torch is never dlopen'ed.
+  2. otherwise the same sources (fastscore/csrc, or csrc/ of a source checkout) compiled now with
+     torch.utils.cpp_extension.load into a cache directory (FASTSCORE_CACHE_DIR, default
+     ~/.cache/fastscore), announced with one line on stderr; later processes reuse the cache.
+     FASTSCORE_JIT=0 turns this off.
+Then autograd (torch.library.register_autograd) and fake kernels (register_fake) are attached to
+torch.ops.fastscore.*, and the op functions below call them with the reference's signatures.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from . import _build
+
+_ACTIVATIONS = {None: 0, "elu": 1, "relu": 2}
+_MARKER = b"FASTSCORE_BUILD_INFO["
+JIT_NAME = "fastscore_jit_C"
+JIT_ENV = "FASTSCORE_JIT"
+CACHE_ENV = "FASTSCORE_CACHE_DIR"
 
 
-def unavailable_reason(device):
-    return "the compiled extension is not written yet"
+class _State:
+    module: ModuleType | None = None
+    info: dict[str, str] = {}
+    path: str = ""
+    error: str | None = None
+    tried = False
+    skipped: str = ""  # why the installed build was not used, when it was not
+
+
+_state = _State()
+
+
+# ---- finding and checking a build ---------------------------------------------------------------
+
+def read_build_info(path: str | os.PathLike) -> dict[str, str] | None:
+    """The build description embedded in a compiled fastscore extension, read without loading it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    start = data.find(_MARKER)
+    if start < 0:
+        return None
+    start += len(_MARKER)
+    end = data.find(b"]", start)
+    if end < 0:
+        return None
+    return _build.decode_info(data[start:end].decode("ascii", "replace"))
+
+
+def mismatch(info: dict[str, str] | None) -> str | None:
+    """Why a build with this description must not be loaded into this process, or None if it may be."""
+    if info is None:
+        return "it carries no build description"
+    if info.get("torch") != torch.__version__ or info.get("torch_git", "") != (torch.version.git_version or ""):
+        return f"it was built against torch {info.get('torch', '?')}, this is torch {torch.__version__}"
+    py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if info.get("python") != py:
+        return f"it was built for python {info.get('python', '?')}, this is python {py}"
+    if info.get("cpu") == "AVX2" and not _build.cpu_has_avx2_fma():
+        return "it was compiled for AVX2 and FMA, which this CPU lacks"
+    src = source_dir()
+    if src is not None and info.get("src") and info["src"] != _build.source_hash(src):
+        return f"it was built from other sources than those in {src} (edited since?)"
+    return None
+
+
+def _installed_path() -> str | None:
+    spec = importlib.util.find_spec("fastscore._C")
+    return spec.origin if spec is not None and spec.origin else None
+
+
+def source_dir() -> Path | None:
+    """The C++/CUDA sources: fastscore/csrc when installed, csrc/ beside fastscore/ in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "csrc", here.parent / "csrc"):
+        if (candidate / "fastscore.cpp").is_file():
+            return candidate
+    return None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastscore")
+    tag = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}".replace("+", "_")
+    return Path(root) / tag
+
+
+def _jit_build(reason: str) -> ModuleType:
+    """Compile the sources now (or reuse the cache) against this torch and import the result."""
+    import logging
+
+    # torch warns on import when a toolkit is found but no GPU: not news for a CPU build.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    src = source_dir()
+    if src is None:
+        raise RuntimeError("the C++ sources (fastscore/csrc) are not installed")
+    capability = _build.cpu_capability()
+    gpu = torch.cuda.is_available()
+    with_cuda, _ = _build.cuda_decision(gpu_visible=gpu)
+    arch = _build.cuda_arch_list() if with_cuda else None
+    build_dir = cache_dir() / ("cuda" if with_cuda else "cpu")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    _build.write_info_header(build_dir / "gen", _build.build_info("jit", capability, with_cuda, arch, src))
+    sources = [str(src / s) for s in _build.CPU_SOURCES + (_build.CUDA_SOURCES if with_cuda else ())]
+    print(f"fastscore: {reason}; compiling fastscore._C for torch {torch.__version__} "
+          f"({'CPU+CUDA' if with_cuda else 'CPU'}) into {build_dir} (first use only)", file=sys.stderr)
+    includes = [str(build_dir / "gen"), str(src)] + (_build.extra_cuda_include_dirs() if with_cuda else [])
+    return cpp_extension.load(
+        name=JIT_NAME,
+        sources=sources,
+        extra_cflags=_build.cxx_flags(capability, with_cuda),
+        extra_cuda_cflags=_build.nvcc_flags() if with_cuda else None,
+        extra_ldflags=["-fopenmp"],
+        extra_include_paths=includes,
+        build_directory=str(build_dir),
+        with_cuda=with_cuda,
+        verbose=False,
+    )
+
+
+def _load() -> ModuleType | None:
+    if _state.tried:
+        return _state.module
+    _state.tried = True
+    try:
+        path = _installed_path()
+        why = mismatch(read_build_info(path)) if path else "no fastscore._C was installed"
+        if path and why is None:
+            module = importlib.import_module("fastscore._C")
+            _state.path = path
+        else:
+            _state.skipped = f"installed fastscore._C not used: {why}" if path else why
+            if os.environ.get(JIT_ENV, "1") == "0":
+                raise RuntimeError(f"{_state.skipped}, and {JIT_ENV}=0 forbids compiling it now")
+            module = _jit_build(_state.skipped)
+            _state.path = module.__file__
+        _state.info = _build.decode_info(module.build_info())
+        _register_python_parts()
+        _state.module = module
+    except Exception as exc:  # a failed build must leave the other backends usable
+        _state.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    return _state.module
+
+
+def arch_supported(arch_list: str, major: int, minor: int) -> bool:
+    """Whether a TORCH_CUDA_ARCH_LIST-style list ("8.0;9.0+PTX") has code for an sm_<major><minor> GPU."""
+    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        ptx = entry.endswith("+PTX")
+        try:
+            a_major, a_minor = (int(v) for v in entry.removesuffix("+PTX").split("."))
+        except ValueError:
+            continue
+        if (a_major, a_minor) == (major, minor) or (ptx and (a_major, a_minor) <= (major, minor)):
+            return True
+    return False
+
+
+def _cuda_arch_ok(arch_list: str, device: torch.device) -> str | None:
+    major, minor = torch.cuda.get_device_capability(device)
+    if arch_supported(arch_list, major, minor):
+        return None
+    return f"fastscore._C was built for CUDA arch {arch_list or '?'}, this GPU is sm_{major}{minor}"
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """None when the compiled kernels can run on `device`, else why not. Never raises."""
+    try:
+        module = _load()
+        if module is None:
+            return f"the compiled extension could not be loaded ({_state.error})"
+        if device.type == "cpu":
+            return None
+        if device.type == "cuda":
+            if not module.with_cuda:
+                return "fastscore._C was built without CUDA kernels (reinstall with FASTSCORE_CUDA=1)"
+            if not torch.cuda.is_available():
+                return "no CUDA device is visible"
+            return _cuda_arch_ok(_state.info.get("arch", ""), device)
+        return f"fastscore._C has no kernels for {device.type}"
+    except Exception as exc:  # noqa: BLE001 - the contract is: never raise
+        return f"probing the compiled extension failed: {exc}"
+
+
+def describe() -> str:
+    """One line for `fastscore info`: where the extension came from and what it was built with."""
+    module = _load()
+    if module is None:
+        return f"ext: not available: {_state.error}"
+    i = _state.info
+    cuda = f"CUDA {i.get('cuda')} arch {i.get('arch')}" if i.get("cuda") else "no CUDA"
+    origin = {"pip": "built at install", "jit": "compiled at first use"}.get(i.get("origin", ""), i.get("origin", "?"))
+    return f"ext: {_state.path} ({origin}; torch {i.get('torch')}, CPU {i.get('cpu')}, {cuda})"
+
+
+# ---- torch.library registration -------------------------------------------------------------------
+
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _like_dense(x: torch.Tensor) -> torch.Tensor:
+    """An empty tensor strided as the kernels' output for input x (x's own format when dense)."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return torch.empty_like(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _norm_fake(x, gamma, alpha, beta, eps, activation):
+    stats = x.new_empty((x.shape[0], x.shape[1]), dtype=_acc_dtype(x))
+    return _like_dense(x), stats, stats.new_empty(stats.shape)
+
+
+def _norm_backward_fake(grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation):
+    like_b = beta if beta is not None else gamma
+    return (_like_dense(x), torch.empty_like(gamma, memory_format=torch.contiguous_format),
+            torch.empty_like(alpha, memory_format=torch.contiguous_format),
+            torch.empty_like(like_b, memory_format=torch.contiguous_format))
+
+
+def _norm_setup(ctx, inputs, output):
+    x, gamma, alpha, beta, eps, activation = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, gamma, alpha, beta, mean, rstd)
+    ctx.eps, ctx.activation, ctx.has_beta = eps, activation, beta is not None
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _norm_backward(ctx, grad_y, _grad_mean, _grad_rstd):
+    x, gamma, alpha, beta, mean, rstd = ctx.saved_tensors
+    if grad_y is None:
+        return None, None, None, None, None, None
+    dx, dgamma, dalpha, dbeta = torch.ops.fastscore.cond_instance_norm_plus_backward(
+        grad_y, x, gamma, alpha, beta, mean, rstd, ctx.eps, ctx.activation)
+    return dx, dgamma, dalpha, (dbeta if ctx.has_beta else None), None, None
+
+
+def _perturb_setup(ctx, inputs, output):
+    ctx.x_dtype = inputs[0].dtype
+
+
+def _perturb_backward(ctx, grad):
+    # d(x + sigma z)/dx = 1; sigma (a noise level) gets no gradient.
+    return grad.to(ctx.x_dtype), None, None, None
+
+
+def _dsm_setup(ctx, inputs, output):
+    scores, sigma, seed, offset, power = inputs
+    ctx.save_for_backward(scores, sigma)
+    ctx.seed, ctx.offset, ctx.power = seed, offset, power
+
+
+def _dsm_backward(ctx, grad):
+    scores, sigma = ctx.saved_tensors
+    dscores = torch.ops.fastscore.dsm_loss_backward(grad, scores, sigma, ctx.seed, ctx.offset, ctx.power)
+    return dscores, None, None, None, None
+
+
+def _register_python_parts() -> None:
+    lib = "fastscore::"
+    torch.library.register_fake(lib + "cond_instance_norm_plus")(_norm_fake)
+    torch.library.register_fake(lib + "cond_instance_norm_plus_backward")(_norm_backward_fake)
+    torch.library.register_fake(lib + "perturb")(
+        lambda x, sigma, seed, offset: torch.empty(x.shape, dtype=x.dtype, device=x.device))
+    torch.library.register_fake(lib + "dsm_loss")(
+        lambda scores, sigma, seed, offset, p: scores.new_empty((scores.shape[0],), dtype=_acc_dtype(scores)))
+    torch.library.register_fake(lib + "dsm_loss_backward")(
+        lambda grad, scores, sigma, seed, offset, p: torch.empty(scores.shape, dtype=scores.dtype, device=scores.device))
+    torch.library.register_fake(lib + "langevin_step_")(lambda x, score, step, seed, offset, scale, *tensors: None)
+    torch.library.register_fake(lib + "normal_")(lambda out, seed, offset: None)
+    torch.library.register_fake(lib + "philox4x32_10")(lambda words: words.new_empty((words.shape[0], 4)))
+    torch.library.register_autograd(lib + "cond_instance_norm_plus", _norm_backward, setup_context=_norm_setup)
+    torch.library.register_autograd(lib + "perturb", _perturb_backward, setup_context=_perturb_setup)
+    torch.library.register_autograd(lib + "dsm_loss", _dsm_backward, setup_context=_dsm_setup)
+
+
+# ---- the backend interface (the reference's signatures) ------------------------------------------
+
+def cond_instance_norm_plus(x, gamma, alpha, beta=None, eps=1e-5, activation=None):
+    y, _, _ = torch.ops.fastscore.cond_instance_norm_plus(x, gamma, alpha, beta, float(eps), _ACTIVATIONS[activation])
+    return y
+
+
+def perturb(x, sigma, seed, offset=0):
+    return torch.ops.fastscore.perturb(x, sigma, int(seed), int(offset))
+
+
+def dsm_loss(scores, sigma, seed, offset=0, anneal_power=2.0, reduction="mean"):
+    per_sample = torch.ops.fastscore.dsm_loss(scores, sigma, int(seed), int(offset), float(anneal_power))
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+def langevin_step_(x, score, step_size, seed, offset=0, noise_scale=None):
+    # Numbers go to the kernel as arguments; one-element tensors (the CUDA-graph form) as tensors the
+    # kernel reads on the device, never read back here. noise_scale None is sqrt(2 step), also on the device.
+    args = []
+    tensors = []
+    for value, number in ((step_size, float), (seed, int), (offset, int), (noise_scale, float)):
+        if isinstance(value, torch.Tensor):
+            args.append(number(0))
+            tensors.append(value)
+        else:
+            args.append(number(-1.0 if value is None else value))
+            tensors.append(None)
+    torch.ops.fastscore.langevin_step_(x, score, *args, *tensors)
+    return x
+
+
+def randn(shape, seed, offset=0, device=None, dtype=torch.float32):
+    out = torch.empty(shape, dtype=dtype, device=device if device is not None else "cpu")
+    torch.ops.fastscore.normal_(out, int(seed), int(offset))
+    return out

@@ -1,0 +1,77 @@
+"""Shared set-up of the op benchmarks: the device, the implementations to compare, and the ratio table.
+
+Each benchmark records its median time under (group, implementation); at the end of the session a
+table prints every implementation's time and its speed-up over the reference eager and over
+torch.compile of the reference, measured in the same run (DESIGN.md section 4: speed lives here,
+never in tests). Run: python -m pytest benchmarks/test_bench_ops.py --benchmark-disable-gc -s
+"""
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from fastscore import dispatch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# group -> implementation -> (median seconds, bytes moved or 0)
+RESULTS: dict[str, dict[str, tuple[float, int]]] = collections.defaultdict(dict)
+
+
+def implementations(device: str = DEVICE) -> list:
+    """Every fastscore backend that runs on the device (not triton on the CPU: its interpreter is no
+    speed), then the plain-PyTorch reference eager and torch.compile of it."""
+    params = []
+    for name in ("ext", "triton"):
+        if name == "triton" and device == "cpu":
+            continue
+        reason = dispatch.unavailable_reason(name, device)
+        params.append(pytest.param(name, marks=pytest.mark.skip(reason=f"{name}: {reason}")) if reason else name)
+    return params + ["reference", "compiled"]
+
+
+def synchronize() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.fixture
+def run(benchmark):
+    """run(group, impl, fn, rounds, bytes_moved=0): warm fn up (compiles), time it, record the median."""
+
+    def _run(group: str, impl: str, fn, rounds: int, bytes_moved: int = 0):
+        def timed():
+            fn()
+            synchronize()
+
+        for _ in range(2):  # torch.compile traces and compiles here, the JIT extension builds here
+            timed()
+        benchmark.group = group
+        benchmark.extra_info["impl"] = impl
+        benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
+        median = benchmark.stats.stats.median
+        RESULTS[group][impl] = (median, bytes_moved)
+        return median
+
+    return _run
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section(f"fastscore op speed-ups on {DEVICE} (median; x = times faster than the baseline)")
+    for group, rows in RESULTS.items():
+        ref = rows.get("reference", (None,))[0]
+        comp = rows.get("compiled", (None,))[0]
+        tr.write_line(group)
+        for impl, (t, nbytes) in rows.items():
+            parts = [f"  {impl:10} {t * 1e3:9.3f} ms"]
+            if ref:
+                parts.append(f"{ref / t:7.2f}x vs reference")
+            if comp:
+                parts.append(f"{comp / t:7.2f}x vs compiled")
+            if nbytes:
+                parts.append(f"{nbytes / t / 1e9:8.1f} GB/s")
+            tr.write_line("  ".join(parts))
