@@ -3,8 +3,9 @@
 A plane is the H*W values of one (n, c). Its elements sit at base(n, c) + hw * stride_hw, with
 stride_hw = 1 for contiguous x and C for channels_last, so every kernel works on tiles of
 [BLOCK_P planes, BLOCK_HW positions] addressed by strides and serves both memory formats. Small
-planes pack many per program; a plane larger than the tile is walked in chunks (the statistics
-kernel loops; the elementwise kernels give each chunk its own program).
+planes pack many per program; a plane larger than the tile is walked in chunks (the reduction
+kernels loop over them, and when there are too few planes to fill TARGET_PROGRAMS programs they also
+split each plane into ranges, merged afterwards; the elementwise kernels give each chunk a program).
 
 Forward, two passes over x (the per-sample statistics need every channel's mean before any output):
   1. _plane_stats: mu and rstd = 1/sqrt(var + eps) per plane, the variance by a two-pass sum within
@@ -38,6 +39,7 @@ TILE = 4096                 # elements per program tile; tests shrink it to forc
 SAMPLE_TILE = 8192          # a sample of at most this many (padded) values takes the one-pass kernels
 CHANNELS_LAST_PLANES = 32   # planes per tile for channels_last, so loads run along C (contiguous)
 SAMPLE_BLOCK_C = 1024       # channels per step of the per-sample kernels
+TARGET_PROGRAMS = 1024      # reductions over few large planes split each plane into position ranges
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,17 +104,34 @@ def _plane_coefficients(p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alp
 
 
 @triton.jit
-def _plane_stats(x_ptr, mu_ptr, rstd_ptr, P, C, HW, stride_n, stride_c, stride_hw, eps,
-                 BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+def _chan_merge(mean, m2, count_a, mean_b, m2_b, count_b):
+    """Chan et al.: (mean, m2) of count_a values merged with (mean_b, m2_b) of count_b more."""
+    total = count_a + count_b
+    delta = mean_b - mean
+    return mean + delta * (count_b / total), m2 + m2_b + delta * delta * (count_a * count_b / total)
+
+
+@triton.jit
+def _pivot(x_ptr, p, pmask, C, stride_n, stride_c):
+    """Each plane's first value. Sums run over x - pivot so a plane whose mean is large next to its
+    spread keeps float32 precision in the chunk sums; the spread is unchanged by the shift."""
+    return tl.load(x_ptr + (p // C) * stride_n + (p % C) * stride_c, mask=pmask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _plane_stats(x_ptr, mu_ptr, rstd_ptr, part_ptr, P, C, HW, stride_n, stride_c, stride_hw, eps, split_len,
+                 SPLIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Planes of block program_id(0), positions [split * split_len, ...) for split = program_id(1).
+    Unsplit: stores mu and rstd. Split: stores the pivot-shifted (mean, m2) of the range in part."""
     pid = tl.program_id(0)
+    split = tl.program_id(1)
     p = tl.cast(pid, tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < P
-    # Sums run over x - pivot (each plane's first value) so a plane whose mean is large next to its
-    # spread keeps float32 precision in the chunk sums; the spread is unchanged by the shift.
-    pivot = tl.load(x_ptr + (p // C) * stride_n + (p % C) * stride_c, mask=pmask, other=0.0).to(tl.float32)
+    pivot = _pivot(x_ptr, p, pmask, C, stride_n, stride_c)
     mean = tl.zeros([BLOCK_P], tl.float32)
     m2 = tl.zeros([BLOCK_P], tl.float32)
-    for start in range(0, HW, BLOCK_HW):
+    begin = split * split_len
+    for start in range(begin, tl.minimum(begin + split_len, HW), BLOCK_HW):
         p, offs, mask = _tile(pid, 0, P, C, HW, stride_n, stride_c, stride_hw, BLOCK_P, BLOCK_HW)
         offs += start * stride_hw
         mask &= (start + tl.arange(0, BLOCK_HW) < HW)[None, :]
@@ -121,13 +140,32 @@ def _plane_stats(x_ptr, mu_ptr, rstd_ptr, P, C, HW, stride_n, stride_c, stride_h
         mean_b = tl.sum(x, axis=1) / count_b
         d = tl.where(mask, x - mean_b[:, None], 0.0)
         m2_b = tl.sum(d * d, axis=1)
-        # Chan et al.: merge (start values, mean, m2) with (count_b, mean_b, m2_b).
-        count_a = tl.cast(start, tl.float32)
-        total = count_a + count_b
-        delta = mean_b - mean
-        mean += delta * (count_b / total)
-        m2 += m2_b + delta * delta * (count_a * count_b / total)
-    tl.store(mu_ptr + p, pivot + mean, mask=pmask)
+        mean, m2 = _chan_merge(mean, m2, tl.cast(start - begin, tl.float32), mean_b, m2_b, count_b)
+    if SPLIT:
+        part = part_ptr + (p * tl.num_programs(1) + split) * 2
+        tl.store(part, mean, mask=pmask)
+        tl.store(part + 1, m2, mask=pmask)
+    else:
+        tl.store(mu_ptr + p, pivot + mean, mask=pmask)
+        tl.store(rstd_ptr + p, 1.0 / tl.sqrt_rn(m2 / HW + eps), mask=pmask)
+
+
+@triton.jit
+def _merge_stats(x_ptr, part_ptr, mu_ptr, rstd_ptr, P, C, HW, stride_n, stride_c, eps, splits, split_len,
+                 BLOCK_P: tl.constexpr):
+    """mu and rstd of planes whose statistics _plane_stats computed in `splits` position ranges."""
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P
+    mean = tl.zeros([BLOCK_P], tl.float32)
+    m2 = tl.zeros([BLOCK_P], tl.float32)
+    for split in range(0, splits):
+        part = part_ptr + (p * splits + split) * 2
+        count_a = split * split_len
+        count_b = tl.minimum(HW - count_a, split_len).to(tl.float32)
+        mean_b = tl.load(part, mask=pmask, other=0.0)
+        m2_b = tl.load(part + 1, mask=pmask, other=0.0)
+        mean, m2 = _chan_merge(mean, m2, tl.cast(count_a, tl.float32), mean_b, m2_b, count_b)
+    tl.store(mu_ptr + p, _pivot(x_ptr, p, pmask, C, stride_n, stride_c) + mean, mask=pmask)
     tl.store(rstd_ptr + p, 1.0 / tl.sqrt_rn(m2 / HW + eps), mask=pmask)
 
 
@@ -194,9 +232,12 @@ def _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT: tl.conste
 @triton.jit
 def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
                    gamma_stride, alpha_stride, beta_stride,
-                   s1_ptr, s2_ptr, P, C, HW, stride_n, stride_c, stride_hw,
+                   s1_ptr, s2_ptr, P, C, HW, stride_n, stride_c, stride_hw, split_len,
                    ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """Per plane and position range (program_id(1)): S1 = sum dg and S2 = sum dg * xhat, stored at
+    [plane, range] of (P, ranges) arrays (summed over ranges by the host when there are several)."""
     pid = tl.program_id(0)
+    split = tl.program_id(1)
     p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < P
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
@@ -204,15 +245,16 @@ def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_
         gamma_stride, alpha_stride, beta_stride, HAS_BETA)
     s1 = tl.zeros([BLOCK_P], tl.float32)
     s2 = tl.zeros([BLOCK_P], tl.float32)
-    for start in range(0, HW, BLOCK_HW):
+    begin = split * split_len
+    for start in range(begin, tl.minimum(begin + split_len, HW), BLOCK_HW):
         _, offs, mask = _tile(pid, 0, P, C, HW, stride_n, stride_c, stride_hw, BLOCK_P, BLOCK_HW)
         offs += start * stride_hw
         mask &= (start + tl.arange(0, BLOCK_HW) < HW)[None, :]
         xhat, dg = _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT)
         s1 += tl.sum(dg, axis=1)
         s2 += tl.sum(dg * xhat, axis=1)
-    tl.store(s1_ptr + p, s1, mask=pmask)
-    tl.store(s2_ptr + p, s2, mask=pmask)
+    tl.store(s1_ptr + p * tl.num_programs(1) + split, s1, mask=pmask)
+    tl.store(s2_ptr + p * tl.num_programs(1) + split, s2, mask=pmask)
 
 
 @triton.jit
@@ -373,6 +415,15 @@ def _sample_blocks(c, hw):
     return (block_c, block_hw) if block_c * block_hw <= SAMPLE_TILE else None
 
 
+def _splits(p, hw, block_p, block_hw):
+    """(ranges, positions per range) for the statistics/backward-sum kernels: a plane's positions are
+    split into ranges (programs) when there are too few plane blocks to fill TARGET_PROGRAMS."""
+    chunks = triton.cdiv(hw, block_hw)
+    wanted = max(1, min(chunks, TARGET_PROGRAMS // triton.cdiv(p, block_p)))
+    per_range = triton.cdiv(chunks, wanted)
+    return triton.cdiv(chunks, per_range), per_range * block_hw
+
+
 def _warps(block_p, block_hw):
     tile = block_p * block_hw
     return 16 if tile >= 8192 else 8 if tile >= 4096 else 4
@@ -413,8 +464,14 @@ def norm_forward_op(x: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor, b
         return y, mu, rstd, muhat, rv
     block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
     warps = _warps(block_p, block_hw)
-    _plane_stats[(triton.cdiv(p, block_p),)](x, mu, rstd, p, c, hw, *strides, eps,
-                                             BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
+    splits, split_len = _splits(p, hw, block_p, block_hw)
+    part = torch.empty(p, splits, 2, **f32) if splits > 1 else mu
+    _plane_stats[(triton.cdiv(p, block_p), splits)](x, mu, rstd, part, p, c, hw, *strides, eps, split_len,
+                                                    SPLIT=splits > 1, BLOCK_P=block_p, BLOCK_HW=block_hw,
+                                                    num_warps=warps)
+    if splits > 1:
+        _merge_stats[(triton.cdiv(p, 128),)](x, part, mu, rstd, p, c, hw, *strides[:2], eps, splits, split_len,
+                                             BLOCK_P=128)
     _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps,
                         BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
     _apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
@@ -453,12 +510,15 @@ def norm_backward_op(dy: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, alp
                               *_channel_constants(c), ACT=act, HAS_BETA=has_beta, BLOCK_C=sample_blocks[0],
                               BLOCK_HW=sample_blocks[1], num_warps=_warps(*sample_blocks))
         return dx, dgamma, dalpha, s1
-    s2, dmu = torch.empty(n, c, **f32), torch.empty(n, c, **f32)
+    dmu = torch.empty(n, c, **f32)
     block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
     warps = _warps(block_p, block_hw)
     common = dict(ACT=act, HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
-    _backward_sums[(triton.cdiv(p, block_p),)](x, dy, mu, rstd, muhat, *params, s1, s2, p, c, hw, *strides,
-                                               **common)
+    splits, split_len = _splits(p, hw, block_p, block_hw)
+    s1_parts, s2_parts = (torch.empty(n, c, splits, **f32) for _ in range(2))
+    _backward_sums[(triton.cdiv(p, block_p), splits)](x, dy, mu, rstd, muhat, *params, s1_parts, s2_parts,
+                                                      p, c, hw, *strides, split_len, **common)
+    s1, s2 = (t.sum(2) if splits > 1 else t.squeeze(2) for t in (s1_parts, s2_parts))
     _backward_sample[(n,)](s1, s2, muhat, rv, gamma, alpha, *params[3:5], dmu, dgamma, dalpha, c,
                            *_channel_constants(c), BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
     _backward_apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](

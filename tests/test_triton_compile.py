@@ -64,7 +64,7 @@ def _compile_all() -> list[str]:
     for act, blocks in ((1, (1, 4096)), (2, (32, 128))):
         tile = dict(BLOCK_P=blocks[0], BLOCK_HW=blocks[1])
         kinds = dict(tile, ACT=act, HAS_BETA=act == 1)
-        build(instance_norm._plane_stats, tile)
+        build(instance_norm._plane_stats, dict(tile, SPLIT=act == 1))
         build(instance_norm._apply, kinds)
         build(instance_norm._backward_sums, kinds)
         build(instance_norm._backward_apply, kinds)
@@ -75,7 +75,8 @@ def _compile_all() -> list[str]:
     build(instance_norm._fused_forward, dict(ACT=2, HAS_BETA=True, BLOCK_C=1, BLOCK_HW=1), ones=("C", "HW"))
     build(instance_norm._fused_backward, dict(ACT=2, HAS_BETA=True, BLOCK_C=1, BLOCK_HW=64), ones=("C",))
     norm_ones = ("C", "HW", "stride_hw", "gamma_stride")
-    build(instance_norm._plane_stats, dict(BLOCK_P=64, BLOCK_HW=1), ones=("C", "HW", "stride_hw"))
+    build(instance_norm._plane_stats, dict(SPLIT=False, BLOCK_P=64, BLOCK_HW=1), ones=("C", "HW", "stride_hw"))
+    build(instance_norm._merge_stats, dict(BLOCK_P=128))
     build(instance_norm._backward_apply, dict(ACT=1, HAS_BETA=False, BLOCK_P=64, BLOCK_HW=1), ones=norm_ones)
     build(instance_norm._sample_stats, dict(BLOCK_C=1), ones=("C",))
     build(instance_norm._backward_sample, dict(BLOCK_C=1), ones=("C", "gamma_stride"))

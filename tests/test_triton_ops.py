@@ -135,16 +135,23 @@ def test_compile_fullgraph_norm_channels_last_shared_params(device):
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-def test_norm_large_plane_loop_with_small_tile(k, device, channels_last, monkeypatch):
-    """A tile much smaller than a plane: the statistics loop over chunks (Chan merge), the elementwise
-    kernels spread a plane over many programs."""
-    monkeypatch.setattr(k.instance_norm, "SAMPLE_TILE", 0)  # no one-pass kernels: the split path
-    monkeypatch.setattr(k.instance_norm, "TILE", 16)
-    monkeypatch.setattr(k.instance_norm, "CHANNELS_LAST_PLANES", 4)
+@pytest.mark.parametrize("ranges", [False, True], ids=["one-range", "ranges"])
+def test_norm_large_plane_loop_with_small_tile(k, device, channels_last, ranges, monkeypatch):
+    """A tile much smaller than a plane: the reductions loop over chunks (Chan merge), within one
+    range per plane or within several ranges merged afterwards; the elementwise kernels spread a
+    plane over many programs."""
+    nm = k.instance_norm
+    monkeypatch.setattr(nm, "SAMPLE_TILE", 0)  # no one-pass kernels: the split path
+    monkeypatch.setattr(nm, "TILE", 16)
+    monkeypatch.setattr(nm, "CHANNELS_LAST_PLANES", 4)
+    monkeypatch.setattr(nm, "TARGET_PROGRAMS", 12 if ranges else 1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     shape = (2, 3, 9, 7) if device == "cpu" else (3, 33, 67, 45)
-    block_p, block_hw = k.instance_norm._blocks(shape[0] * shape[1], shape[1], shape[2] * shape[3], channels_last)
-    assert block_hw < shape[2] * shape[3], "the looping path must be taken"
+    p, hw = shape[0] * shape[1], shape[2] * shape[3]
+    block_p, block_hw = nm._blocks(p, shape[1], hw, channels_last)
+    splits, split_len = nm._splits(p, hw, block_p, block_hw)
+    assert split_len > block_hw, "each range must loop over several chunks"
+    assert (splits > 1) == ranges
     torch.manual_seed(1)
     for dtype in (torch.float32, torch.bfloat16):
         x = rand(shape, device, dtype, scale=2.0, shift=0.5, fmt=fmt)
