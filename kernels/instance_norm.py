@@ -10,7 +10,8 @@ split each plane into ranges, merged afterwards; the elementwise kernels give ea
 Forward, two passes over x (the per-sample statistics need every channel's mean before any output):
   1. _plane_stats: mu and rstd = 1/sqrt(var + eps) per plane, the variance by a two-pass sum within
      each chunk merged across chunks with Chan's formula (no E[x^2] - E[x]^2 cancellation), over
-     values shifted by the plane's first value (large means lose no precision).
+     values shifted by the plane's first value (large means lose no precision); _merge_stats
+     combines a plane's ranges the same way when it was split.
   2. _sample_stats (one program per sample, over (N, C) numbers only): m, v, muhat, rv = 1/sqrt(v + eps).
   3. _apply: y = act(gamma * ((x - mu) * rstd + alpha * muhat) + beta), stored in x's dtype and layout.
 Backward, two passes over x and dy (g is recomputed from x and the saved statistics, y is not kept):
