@@ -24,7 +24,7 @@ def _compile_all() -> list[str]:
 
     target = GPUTarget("cuda", 90, 32)
     pointer = {"x_ptr": "*bf16", "y_ptr": "*bf16", "dy_ptr": "*bf16", "dx_ptr": "*bf16", "out_ptr": "*bf16",
-               "scores_ptr": "*fp16", "score_ptr": "*fp32"}
+               "scores_ptr": "*fp16", "score_ptr": "*fp32", "stream_ptr": "*i64"}
     floats = {"eps", "step", "scale", "inv_count", "power", "muhat_scale", "inv_cm1"}
     wide = {"stride_n", "stride_c", "stride_hw", "grad_stride"}
     failures = []
@@ -50,7 +50,7 @@ def _compile_all() -> list[str]:
         blocks = dict(GROUPS=16, BLOCK_C=32) if channels_last else dict(GROUPS=512, BLOCK_C=1)
         build(perturbation._perturb_kernel, dict(blocks, FLAT=not channels_last, INDEX_32=channels_last,
                                                  CHANNELS_LAST=channels_last))
-        build(langevin._langevin_kernel, dict(blocks, COEFFS_IN_MEMORY=channels_last, CHANNELS_LAST=channels_last))
+        build(langevin._langevin_kernel, dict(blocks, ARGS_IN_MEMORY=channels_last, CHANNELS_LAST=channels_last))
         build(score_matching._partial_kernel, dict(blocks, CHANNELS_LAST=channels_last))
         build(score_matching._backward_kernel, dict(blocks, CHANNELS_LAST=channels_last))
     build(perturbation._perturb_kernel, dict(FLAT=True, INDEX_32=True, CHANNELS_LAST=False, GROUPS=1, BLOCK_C=1),

@@ -90,7 +90,8 @@ def test_opcheck_flat_ops(k, device):
     torch.library.opcheck(k.score_matching.dsm_loss_backward_op, (grad, x, sigma, 7, 9, 1.5, "none"))
     torch.library.opcheck(k.langevin.langevin_op, (x.clone(), rand(x.shape, device), 1e-3, 0.05, 4, 6))
     coeffs = torch.tensor([1e-3, 0.05], device=device)
-    torch.library.opcheck(k.langevin.langevin_coeffs_op, (x.clone(), rand(x.shape, device), coeffs, 4, 6))
+    stream = torch.tensor([4, 2**40 + 6], dtype=torch.int64, device=device)
+    torch.library.opcheck(k.langevin.langevin_device_op, (x.clone(), rand(x.shape, device), coeffs, stream))
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
