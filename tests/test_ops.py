@@ -47,8 +47,10 @@ def test_norm_forward_backward(backend, device, dtype, channels_last, activation
         pshape = (n, c) if per_sample else (c,)
         x = make(shape, dtype, device, fmt, scale=2.0, shift=0.5).requires_grad_()
         gamma = make(pshape, dtype, device, scale=0.3, shift=1.0).requires_grad_()
-        alpha = make(pshape, dtype, device, scale=0.5).requires_grad_()
-        beta = None if i == 3 else make(pshape, dtype, device, scale=0.5).requires_grad_()
+        # The last shape mixes layouts: per-sample gamma and beta with a shared alpha.
+        mixed = i == len(NORM_SHAPES) - 1
+        alpha = make((c,) if mixed else pshape, dtype, device, scale=0.5).requires_grad_()
+        beta = None if i == 3 else make((n, c) if mixed else pshape, dtype, device, scale=0.5).requires_grad_()
         inputs = [t for t in (x, gamma, alpha, beta) if t is not None]
         with poisoned_empty():
             y = fastscore.cond_instance_norm_plus(x, gamma, alpha, beta, activation=activation, backend=backend)
