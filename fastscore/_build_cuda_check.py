@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="90", help="SM version to compile for (default: 90, the H100/H200)")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
+    import logging
+
     import torch
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime": known
 
     nvcc = find_nvcc()
     if nvcc is None or torch.version.cuda is None:

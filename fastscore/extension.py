@@ -14,7 +14,7 @@ torch.ops.fastscore.*, and the op functions below call them with the reference's
 """
 from __future__ import annotations
 
-import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -80,8 +80,22 @@ def mismatch(info: dict[str, str] | None) -> str | None:
 
 
 def _installed_path() -> str | None:
-    spec = importlib.util.find_spec("fastscore._C")
-    return spec.origin if spec is not None and spec.origin else None
+    """fastscore/_C*.so beside this file: looked up directly, not through the import system, whose
+    other finders (another install's editable finder, say) could offer some other package's build."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_C{suffix}"
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _import_installed(path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fastscore._C", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fastscore._C"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def source_dir() -> Path | None:
@@ -143,7 +157,7 @@ def _load() -> ModuleType | None:
         path = _installed_path()
         why = mismatch(read_build_info(path)) if path else "no fastscore._C was installed"
         if path and why is None:
-            module = importlib.import_module("fastscore._C")
+            module = _import_installed(path)
             _state.path = path
         else:
             _state.skipped = f"installed fastscore._C not used: {why}" if path else why
