@@ -97,7 +97,8 @@ def peak_memory(device, record: dict, key: str):
 def autocast(device, dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    # No cast cache: CUDA graph capture (the fast sampler) cannot keep autocast's cached weights.
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def ncsn_dsm_loss(model, x, labels, sigmas, anneal_power=2.0):
