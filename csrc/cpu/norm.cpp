@@ -111,6 +111,16 @@ void forward_run(const scalar_t* x, scalar_t* y, int64_t len, const acc_t* scale
     const acc_t* sc = scale + o;
     const acc_t* m = mu + o;
     const acc_t* sh = shift + o;
+    if (act != kActElu) {  // no transcendental: one pass straight into y
+      const bool relu = act == kActRelu;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = kPerElem ? i : 0;
+        const acc_t pre = sc[k] * (static_cast<acc_t>(x[b + i]) - m[k]) + sh[k];
+        y[b + i] = static_cast<scalar_t>(relu && !(pre > acc_t(0)) ? acc_t(0) : pre);
+      }
+      continue;
+    }
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
       const int64_t k = kPerElem ? i : 0;
@@ -144,13 +154,15 @@ inline void dpre_chunk(const scalar_t* x, const scalar_t* dy, int64_t n, const a
 }
 
 // NCHW plane: S1 = sum dpre, S2 = sum dpre * xhat.
+// keep_dpre, if given, receives dpre for the dx pass (so the activation's derivative is computed once).
 template <typename scalar_t, typename acc_t>
 void plane_backward_sums(const scalar_t* x, const scalar_t* dy, int64_t len, acc_t scale, acc_t mu, acc_t shift,
-                         acc_t rstd, int64_t act, acc_t* S1, acc_t* S2) {
-  alignas(64) acc_t dpre[kChunk], xhat[kChunk];
+                         acc_t rstd, int64_t act, acc_t* S1, acc_t* S2, acc_t* keep_dpre = nullptr) {
+  alignas(64) acc_t chunk_dpre[kChunk], xhat[kChunk];
   double t1 = 0, t2 = 0;
   for (int64_t b = 0; b < len; b += kChunk) {
     const int64_t n = std::min(kChunk, len - b);
+    acc_t* dpre = keep_dpre ? keep_dpre + b : chunk_dpre;
     dpre_chunk<false>(x + b, dy + b, n, &scale, &mu, &shift, &rstd, act, dpre, xhat);
     for (int64_t s0 = 0; s0 < n; s0 += kSumBlock) {
       const int64_t s1 = std::min(n, s0 + kSumBlock);
@@ -197,6 +209,15 @@ void row_backward_sums(const scalar_t* x, const scalar_t* dy, int64_t hw, int64_
     S1[c] = static_cast<acc_t>(t1[c]);
     S2[c] = static_cast<acc_t>(t2[c]);
   }
+}
+
+// NCHW plane: dx = c1 dpre + c2 xhat + c3 from a dpre kept by plane_backward_sums.
+template <typename scalar_t, typename acc_t>
+void plane_dx_from_dpre(const scalar_t* x, const acc_t* dpre, scalar_t* dx, int64_t len, acc_t mu, acc_t rstd, acc_t c1,
+                        acc_t c2, acc_t c3) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i)
+    dx[i] = static_cast<scalar_t>(c1 * dpre[i] + c2 * ((static_cast<acc_t>(x[i]) - mu) * rstd) + c3);
 }
 
 template <bool kPerElem, typename scalar_t, typename acc_t>
@@ -369,17 +390,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cpu(
     if (fuse_per_sample(s, 2 * sizeof(scalar_t))) {
       // One sample per task, every pass, while its x and dy are in L2.
       at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
+        std::vector<acc_t> dpre(static_cast<size_t>(C * s.HW));  // this sample's dpre, reused by the dx pass
         for (int64_t n = b; n < e; ++n) {
           const int64_t o = n * C;
           const auto params = sample_params<acc_t>(gamma, alpha, beta, n, C);
           forward_coeffs(mu + o, rs + o, C, eps, params, sc + o, sh + o);
           for (int64_t p = o; p < o + C; ++p)
-            plane_backward_sums(xp + p * s.HW, dyp + p * s.HW, s.HW, sc[p], mu[p], sh[p], rs[p], act, s1 + p, s2 + p);
+            plane_backward_sums(xp + p * s.HW, dyp + p * s.HW, s.HW, sc[p], mu[p], sh[p], rs[p], act, s1 + p, s2 + p,
+                                dpre.data() + (p - o) * s.HW);
           backward_coeffs(mu + o, rs + o, s1 + o, s2 + o, C, s.HW, eps, params, dg + o, da + o, db + o, k1 + o, k2 + o,
                           k3 + o);
           for (int64_t p = o; p < o + C; ++p)
-            dx_run<false>(xp + p * s.HW, dyp + p * s.HW, dxp + p * s.HW, s.HW, sc + p, mu + p, sh + p, rs + p, k1 + p,
-                          k2 + p, k3 + p, act);
+            plane_dx_from_dpre(xp + p * s.HW, dpre.data() + (p - o) * s.HW, dxp + p * s.HW, s.HW, mu[p], rs[p], k1[p],
+                               k2[p], k3[p]);
         }
       });
       return;

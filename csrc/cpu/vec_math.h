@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "../norm_math.h"
 #include "../philox.h"
@@ -108,7 +109,10 @@ inline void activation_inplace(acc_t* buf, int64_t n, int64_t act) {
     int64_t i = 0;
     for (; i + Vec::size() <= n; i += Vec::size()) {
       const Vec v = Vec::loadu(buf + i);
-      Vec::blendv(v.expm1(), v, v > Vec(acc_t(0))).store(buf + i);
+      // float32: exp(v) - 1 (1-ulp exp, absolute error ~1e-7) is several times cheaper than SLEEF's
+      // expm1; float64 keeps expm1 for full relative accuracy near 0.
+      const Vec neg = std::is_same_v<acc_t, float> ? v.exp() - Vec(acc_t(1)) : v.expm1();
+      Vec::blendv(neg, v, v > Vec(acc_t(0))).store(buf + i);
     }
     for (; i < n; ++i) buf[i] = buf[i] > acc_t(0) ? buf[i] : std::expm1(buf[i]);
   }
