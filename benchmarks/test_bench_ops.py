@@ -22,7 +22,7 @@ from conftest import DEVICE, implementations
 
 NORM_SHAPE = (128, 128, 32, 32) if DEVICE == "cuda" else (32, 128, 32, 32)
 FLAT_SHAPES = [(100, 3, 32, 32)] + ([(64, 1024, 32, 32)] if DEVICE == "cuda" else [])  # 64 * 2^20 = 64M
-ROUNDS = 50 if DEVICE == "cuda" else 10
+ROUNDS = 20 if DEVICE == "cuda" else 10  # each group also compiles the reference: keep GPU runs short
 IMPLS = implementations()
 
 
