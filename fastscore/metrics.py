@@ -66,7 +66,7 @@ def _junk(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.cat([shuffled, noise, (blobs - 0.4).clamp(0, 1) * 1.6])
 
 
-def train_classifier(epochs: int = 6, batch_size: int = 64, seed: int = 0, width: int = 32,
+def train_classifier(epochs: int = 4, batch_size: int = 64, seed: int = 0, width: int = 24,
                      cache: bool = True) -> DigitClassifier:
     """Fit the classifier on the bundled training split (4,500 digits); cached in-process by arguments."""
     key = (epochs, batch_size, seed, width)
