@@ -55,10 +55,13 @@ def test_sample_writes_a_grid(run_dir, tmp_path, capsys):
     assert main(["sample", run_dir, "--n", "6", "--nrow", "3", "--out", out, "--quiet", "--seed", "4"]) == 0
     img = Image.open(out)
     assert img.size == (2 + 3 * 30, 2 + 2 * 30) and img.mode == "L"  # 28 px images, 2 px padding
-    assert "EMA" not in capsys.readouterr().out  # this run kept no EMA
+    assert "EMA" in capsys.readouterr().out  # the demo config keeps an EMA; sample uses it by default
     again = str(tmp_path / "t.png")
     main(["sample", run_dir, "--n", "6", "--nrow", "3", "--out", again, "--quiet", "--seed", "4"])
     assert Image.open(again).tobytes() == img.tobytes()  # a seed fixes the samples
+    raw = str(tmp_path / "raw.png")
+    main(["sample", run_dir, "--n", "6", "--nrow", "3", "--out", raw, "--quiet", "--seed", "4", "--no-ema"])
+    assert Image.open(raw).tobytes() != img.tobytes()  # the raw weights differ from the EMA ones
 
 
 def test_inpaint_keeps_the_known_half(run_dir, tmp_path):
