@@ -315,7 +315,12 @@ def cond_instance_norm_plus(x, gamma, alpha, beta=None, eps=1e-5, activation=Non
 
 
 def perturb(x, sigma, seed, offset=0):
-    return torch.ops.fastscore.perturb(x, sigma, int(seed), int(offset))
+    out = torch.ops.fastscore.perturb(x, sigma, int(seed), int(offset))
+    # The kernels write logical (NCHW) order; hand back x's memory format, as the reference does, so a
+    # channels_last training step stays channels_last.
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def dsm_loss(scores, sigma, seed, offset=0, anneal_power=2.0, reduction="mean"):

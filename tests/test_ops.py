@@ -86,6 +86,7 @@ def test_perturb(backend, device, dtype):
         with poisoned_empty():
             got = fastscore.perturb(x, sigma, seed=123, offset=10 * i + 1, backend=backend)
         assert got.dtype == dtype and got.shape == x.shape
+        assert got.stride() == x.stride(), "perturb must keep x's memory format"
         want = reference.perturb(x.double(), sigma.double(), 123, 10 * i + 1)
         assert_close(got, want, dtype, f"perturb {shape}")
 
