@@ -262,8 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastscore.config import ConfigError
+    from fastscore.data import DataUnavailable
+    from fastscore.dispatch import BackendUnavailable
+    from fastscore.training import DeviceUnavailable
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ConfigError, DataUnavailable, BackendUnavailable, DeviceUnavailable, FileNotFoundError) as exc:
+        # What the user can fix (a path, a dataset, a device, a config key): one line, not a traceback.
+        print(f"fastscore: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

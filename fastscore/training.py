@@ -440,13 +440,17 @@ class Trainer:
 
 # ----------------------------------------------------------------------------- from a config file
 
+class DeviceUnavailable(RuntimeError):
+    """The run asks for a device this machine does not have."""
+
+
 def resolve_device(name: str | None) -> torch.device:
     """"auto" (or None): cuda when a GPU is visible, else cpu; otherwise the named device, checked."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but no CUDA GPU is visible; use --device cpu")
+        raise DeviceUnavailable(f"device {name!r} was asked for but no CUDA GPU is visible; use --device cpu")
     return device
 
 

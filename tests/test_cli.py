@@ -28,3 +28,11 @@ def test_info_lists_backends(capsys):
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "fastscore", "--help"], capture_output=True, text=True, check=True)
     assert "info" in out.stdout
+
+
+def test_user_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "no-such-run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastscore: no checkpoint at") and "Traceback" not in err
+    assert main(["train", "--workdir", str(tmp_path / "run"), "--set", "model.ngff=3"]) == 2
+    assert "unknown config key 'model.ngff'" in capsys.readouterr().err
