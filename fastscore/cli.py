@@ -56,7 +56,6 @@ def _load_run_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fastscore import training
-    from fastscore.data import DataUnavailable
 
     if args.resume:
         ckpt = training.load_checkpoint(args.workdir)
@@ -78,14 +77,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"fastscore: {args.workdir} already holds a checkpoint; pass --resume to continue it "
                   "or choose another --workdir", file=sys.stderr)
             return 2
-    try:
-        trainer = training.build_trainer(
-            config, args.workdir, image_folder=image_folder, sample_every=args.sample_every,
-            sample_count=args.sample_count, progress=not args.quiet,
-            **({"time_limit": args.time_limit} if args.time_limit else {}))
-    except DataUnavailable as exc:
-        print(f"fastscore: {exc}", file=sys.stderr)
-        return 2
+    trainer = training.build_trainer(
+        config, args.workdir, image_folder=image_folder, sample_every=args.sample_every,
+        sample_count=args.sample_count, progress=not args.quiet,
+        **({"time_limit": args.time_limit} if args.time_limit else {}))
     if args.resume:
         trainer.resume(args.workdir)
         print(f"resuming {args.workdir} at step {trainer.step}")
@@ -121,7 +116,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
     from fastscore import training
-    from fastscore.data import DataUnavailable
     from fastscore.images import save_png
     from fastscore.inpainting import half_mask, inpaint_grid, reference_images
 
@@ -130,11 +124,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     meta = ckpt.get("meta", {}).get("data", {})
     if meta.get("name") == "folder":
         spec.name, spec.root = "folder", meta.get("root")
-    try:
-        refs, _ = reference_images(spec, args.n)
-    except DataUnavailable as exc:
-        print(f"fastscore: {exc}", file=sys.stderr)
-        return 2
+    refs, _ = reference_images(spec, args.n)
     device = next(sampler.model.parameters()).device
     mask = half_mask(refs.shape, args.keep)
     reference = preprocess.to_model_space(refs).to(device)
