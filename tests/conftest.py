@@ -10,7 +10,6 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-import fastscore  # noqa: E402
 from fastscore import dispatch  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

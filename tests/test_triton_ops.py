@@ -7,7 +7,6 @@ the sample loop past the grid limit, seed/offset packing, and the langevin varia
 they run in Triton's interpreter (conftest sets TRITON_INTERPRET=1); on a GPU, unchanged, on CUDA
 with larger shapes.
 """
-import math
 import subprocess
 import sys
 
