@@ -24,6 +24,7 @@ from types import ModuleType
 import torch
 
 from . import _build
+from .reference import reduce_losses
 
 _ACTIVATIONS = {None: 0, "elu": 1, "relu": 2}
 _MARKER = b"FASTSCORE_BUILD_INFO["
@@ -325,11 +326,7 @@ def perturb(x, sigma, seed, offset=0):
 
 def dsm_loss(scores, sigma, seed, offset=0, anneal_power=2.0, reduction="mean"):
     per_sample = torch.ops.fastscore.dsm_loss(scores, sigma, int(seed), int(offset), float(anneal_power))
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
+    return reduce_losses(per_sample, reduction)
 
 
 def langevin_step_(x, score, step_size, seed, offset=0, noise_scale=None):

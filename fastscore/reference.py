@@ -68,6 +68,11 @@ def dsm_loss(scores, sigma, seed, offset=0, anneal_power=2.0, reduction="mean"):
     s = sigma.to(dtype)
     residual = scores.to(dtype) + z / _broadcast_per_sample(s, scores)
     per_sample = 0.5 * s**anneal_power * (residual**2).reshape(residual.shape[0], -1).sum(dim=1)
+    return reduce_losses(per_sample, reduction)
+
+
+def reduce_losses(per_sample, reduction):
+    """dsm_loss's reduction of its (N,) per-sample losses: "mean", "sum" or "none"."""
     if reduction == "mean":
         return per_sample.mean()
     if reduction == "sum":
