@@ -8,6 +8,7 @@ fastscore/csrc) at first use, against the torch that loads them. `pip install --
 builds it now.
 """
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -17,10 +18,6 @@ ROOT = Path(__file__).resolve().parent
 # Every fastscore subpackage (others are being added), the Triton kernels and the C++/CUDA sources.
 PACKAGES = find_packages(include=["fastscore", "fastscore.*"]) + ["fastscore.kernels", "fastscore.csrc"]
 PACKAGE_DIR = {"fastscore.kernels": "kernels", "fastscore.csrc": "csrc"}
-PACKAGE_DATA = {
-    "fastscore": ["assets/*", "configs/*.yml", "configs/*.yaml"],
-    "fastscore.csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh"],
-}
 
 
 def _load_build_helpers():
@@ -30,7 +27,19 @@ def _load_build_helpers():
     return module
 
 
+PACKAGE_DATA = {
+    "fastscore": ["assets/*", "configs/*.yml", "configs/*.yaml"],
+    # Every source and header under csrc/, as fastscore/_build.py finds and hashes them: the installed
+    # copy must hash the same for the installed fastscore._C to be accepted.
+    "fastscore.csrc": [f"**/*{suffix}" for suffix in _load_build_helpers().SOURCE_SUFFIXES],
+}
+
+
 def extension_kwargs() -> dict:
+    build = _load_build_helpers()
+    if os.environ.get(build.BUILD_EXT_ENV) == "0":
+        print(f"fastscore: {build.BUILD_EXT_ENV}=0: installing without fastscore._C", file=sys.stderr)
+        return {}
     try:
         import torch  # noqa: F401
         from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
@@ -39,7 +48,6 @@ def extension_kwargs() -> dict:
               "without fastscore._C; it will be compiled at first use against the torch that imports it.",
               file=sys.stderr)
         return {}
-    build = _load_build_helpers()
     capability = build.cpu_capability()
     with_cuda, why = build.cuda_decision(gpu_visible=torch.cuda.is_available())
     arch = build.cuda_arch_list() if with_cuda else None
@@ -47,7 +55,8 @@ def extension_kwargs() -> dict:
     build.write_info_header(gen_dir, build.build_info("pip", capability, with_cuda, arch, ROOT / "csrc"))
     print(f"fastscore: building fastscore._C for torch {torch.__version__}, CPU {capability}, "
           f"CUDA {'arch ' + arch if with_cuda else 'off'} ({why})", file=sys.stderr)
-    sources = [f"csrc/{s}" for s in build.CPU_SOURCES + (build.CUDA_SOURCES if with_cuda else ())]
+    src = ROOT / "csrc"
+    sources = [f"csrc/{s}" for s in build.cpp_sources(src) + (build.cuda_sources(src) if with_cuda else [])]
     include_dirs = [str(gen_dir), str(ROOT / "csrc")] + (build.extra_cuda_include_dirs() if with_cuda else [])
     compile_args = {"cxx": build.cxx_flags(capability, with_cuda)}
     if with_cuda:

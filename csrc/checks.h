@@ -3,8 +3,9 @@
 // the Python checks of fastscore.ops) still fails clearly instead of crashing or reading out of bounds.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>  // not ATen/ATen.h, seconds more to parse (the compile at first use)
 #include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
 
 #include <cmath>
 #include <cstdint>

@@ -10,13 +10,35 @@ import os
 import sys
 from pathlib import Path
 
-CPU_SOURCES = ("fastscore.cpp", "cpu/noise_ops.cpp", "cpu/norm.cpp")
-CUDA_SOURCES = ("cuda/noise_ops.cu", "cuda/norm.cu")
-HEADERS = ("philox.h", "norm_math.h", "checks.h", "cpu/vec_math.h", "cuda/common.cuh")
+# The sources are whatever csrc/ holds (cpp_sources, cuda_sources): adding a file there adds it to the
+# build, and source_hash covers every source and header, so an edited header invalidates a build.
+CPP_SUFFIX = ".cpp"                   # C++ translation units (every device)
+CUDA_SUFFIX = ".cu"                   # CUDA translation units (CUDA builds only)
+HEADER_SUFFIXES = (".h", ".cuh")
+SOURCE_SUFFIXES = (CPP_SUFFIX, CUDA_SUFFIX) + HEADER_SUFFIXES
+MODULE_SOURCE = "fastscore.cpp"       # the Python module (PyInit); marks a directory as the sources
 BUILD_INFO_HEADER = "fastscore_build_info.h"
+BUILD_EXT_ENV = "FASTSCORE_BUILD_EXT"  # 0: setup.py installs without fastscore._C (compiled at first use, or apart)
 CUDA_ENV = "FASTSCORE_CUDA"          # 0/1: force the CUDA kernels off/on (default: on when nvcc and a GPU or arch list)
 CAPABILITY_ENV = "FASTSCORE_CPU_CAPABILITY"  # DEFAULT or AVX2 (default: AVX2 when this CPU has AVX2 and FMA)
 DEFAULT_CUDA_ARCH = "9.0"            # when CUDA is forced with neither a visible GPU nor TORCH_CUDA_ARCH_LIST
+
+
+def source_files(src: Path, suffixes: tuple[str, ...] = SOURCE_SUFFIXES) -> list[str]:
+    """The files under src (posix paths relative to it, sorted) whose names end in one of suffixes."""
+    src = Path(src)
+    return sorted(p.relative_to(src).as_posix() for p in src.rglob("*")
+                  if p.suffix in suffixes and p.is_file() and not p.name.startswith("."))
+
+
+def cpp_sources(src: Path) -> list[str]:
+    """The C++ translation units: csrc/*.cpp (the module, then ops.cpp, the longest to compile) before
+    csrc/cpu/*.cpp, so ninja starts the long one first."""
+    return sorted(source_files(src, (CPP_SUFFIX,)), key=lambda name: (name != MODULE_SOURCE, name.count("/"), name))
+
+
+def cuda_sources(src: Path) -> list[str]:
+    return source_files(src, (CUDA_SUFFIX,))
 
 
 def cpu_has_avx2_fma() -> bool:
@@ -107,14 +129,15 @@ def cuda_arch_list() -> str:
 
 
 def source_hash(src: Path) -> str:
-    """A digest of every source and header, so a build can be told apart from edited sources."""
+    """A digest of every source and header under src (names and contents), so a build can be told
+    apart from edited, added or removed sources."""
     import hashlib
 
     digest = hashlib.sha256()
-    for name in sorted(CPU_SOURCES + CUDA_SOURCES + HEADERS + ("fastscore.cpp",)):
-        path = Path(src) / name
-        digest.update(name.encode())
-        digest.update(path.read_bytes() if path.is_file() else b"-")
+    for name in source_files(src):
+        data = (Path(src) / name).read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
     return digest.hexdigest()[:16]
 
 

@@ -1,6 +1,7 @@
-"""Compile-only check of the CUDA sources (CI): nvcc builds csrc/cuda/*.cu and the CUDA variant of
-fastscore.cpp to object files for one arch (sm_90 by default), with torch's headers, and links
-nothing and runs nothing. So CUDA code cannot rot on machines without a GPU.
+"""Compile-only check of the CUDA sources (CI): nvcc builds csrc/**/*.cu and the C++ sources that
+change with FASTSCORE_WITH_CUDA (the module, fastscore.cpp) to object files for one arch (sm_90 by
+default), with torch's headers, and links nothing and runs nothing. So CUDA code cannot rot on
+machines without a GPU.
 
     python -m fastscore._build_cuda_check [--arch 90] [--jobs 2]
 
@@ -40,12 +41,14 @@ def commands(nvcc: str, arch: str, src: Path, out: Path) -> list[list[str]]:
     gen = out / "gen"
     defs = ["-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H", f"-I{gen}"]
     cmds = []
-    for cu in _build.CUDA_SOURCES:
-        cmds.append([nvcc, "-c", str(src / cu), "-o", str(out / (Path(cu).stem + ".o")), *defs, *inc,
+    for cu in _build.cuda_sources(src):
+        cmds.append([nvcc, "-c", str(src / cu), "-o", str(out / (cu.replace("/", "_") + ".o")), *defs, *inc,
                      f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xcompiler", "-fPIC", *_build.nvcc_flags()])
-    # The C++ side as the CUDA build compiles it (FASTSCORE_WITH_CUDA), with the host compiler.
-    cmds.append(["c++", "-c", str(src / "fastscore.cpp"), "-o", str(out / "fastscore.o"), *defs, *inc, "-fPIC",
-                 *_build.cxx_flags("DEFAULT", with_cuda=True)])
+    # The C++ side that differs in a CUDA build (FASTSCORE_WITH_CUDA), with the host compiler.
+    for cpp in _build.cpp_sources(src):
+        if "FASTSCORE_WITH_CUDA" in (src / cpp).read_text():
+            cmds.append(["c++", "-c", str(src / cpp), "-o", str(out / (cpp.replace("/", "_") + ".o")), *defs, *inc,
+                         "-fPIC", *_build.cxx_flags("DEFAULT", with_cuda=True)])
     return cmds
 
 
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch.version.cuda or 'none'}")
         return 0
     src = Path(__file__).resolve().parent.parent / "csrc"
-    if not (src / "fastscore.cpp").exists():
+    if not (src / _build.MODULE_SOURCE).exists():
         src = Path(__file__).resolve().parent / "csrc"
     with tempfile.TemporaryDirectory(prefix="fastscore-nvcc-") as tmp:
         out = Path(tmp)

@@ -1,13 +1,16 @@
 """The `ext` backend: the compiled fastscore._C (C++ CPU kernels, CUDA kernels when built with CUDA).
 
 Loading, in order, the first time a backend is probed:
+  0. FASTSCORE_EXT=path: exactly that compiled fastscore._C (a `setup.py build_ext` output, say), under
+     the same checks as 1; an error, never a fallback, if it cannot be used.
   1. the fastscore._C installed with the package (setup.py), if its embedded build description says
      it was compiled against this very torch (version and git hash) for an x86 ISA this CPU has. The
      description is read from the file's bytes before anything is loaded: an extension built against
      another torch is never dlopen'ed.
   2. otherwise the same sources (fastscore/csrc, or csrc/ of a source checkout) compiled now with
      torch.utils.cpp_extension.load into a cache directory (FASTSCORE_CACHE_DIR, default
-     ~/.cache/fastscore), announced with one line on stderr; later processes reuse the cache.
+     ~/.cache/fastscore), announced with one line on stderr; later processes reuse the cache (no line
+     then: the cached build carries this process's build description and ninja has nothing to redo).
      FASTSCORE_JIT=0 turns this off.
 Then autograd (torch.library.register_autograd) and fake kernels (register_fake) are attached to
 torch.ops.fastscore.*, and the op functions below call them with the reference's signatures.
@@ -17,6 +20,8 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +35,7 @@ _ACTIVATIONS = {None: 0, "elu": 1, "relu": 2}
 _MARKER = b"FASTSCORE_BUILD_INFO["
 JIT_NAME = "fastscore_jit_C"
 JIT_ENV = "FASTSCORE_JIT"
+EXT_ENV = "FASTSCORE_EXT"
 CACHE_ENV = "FASTSCORE_CACHE_DIR"
 
 
@@ -103,7 +109,7 @@ def source_dir() -> Path | None:
     """The C++/CUDA sources: fastscore/csrc when installed, csrc/ beside fastscore/ in a checkout."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "csrc", here.parent / "csrc"):
-        if (candidate / "fastscore.cpp").is_file():
+        if (candidate / _build.MODULE_SOURCE).is_file():
             return candidate
     return None
 
@@ -113,6 +119,28 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastscore")
     tag = f"torch{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}".replace("+", "_")
     return Path(root) / tag
+
+
+def _cached_build_current(build_dir: Path, info: dict[str, str], sources: list[str], cflags: list[str]) -> bool:
+    """Whether cpp_extension.load will only load the cached build in build_dir, not compile: the
+    library is there with this very build description (torch, python, CPU ISA, CUDA, and the digest
+    of every source and header), its build.ninja names these sources and flags, and ninja, asked for
+    a dry run, has nothing to redo (no source newer than its object). Errs towards False, which only
+    costs an announcement."""
+    ninja_file = build_dir / "build.ninja"
+    if read_build_info(build_dir / f"{JIT_NAME}.so") != info or not ninja_file.is_file():
+        return False
+    text = ninja_file.read_text(errors="replace")
+    if not all(item in text for item in sources + cflags):
+        return False
+    ninja = shutil.which("ninja")
+    if ninja is None:
+        return False
+    try:
+        dry = subprocess.run([ninja, "-C", str(build_dir), "-n"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return dry.returncode == 0 and "no work to do" in dry.stdout
 
 
 def _jit_build(reason: str) -> ModuleType:
@@ -132,15 +160,18 @@ def _jit_build(reason: str) -> ModuleType:
     arch = _build.cuda_arch_list() if with_cuda else None
     build_dir = cache_dir() / ("cuda" if with_cuda else "cpu")
     build_dir.mkdir(parents=True, exist_ok=True)
-    _build.write_info_header(build_dir / "gen", _build.build_info("jit", capability, with_cuda, arch, src))
-    sources = [str(src / s) for s in _build.CPU_SOURCES + (_build.CUDA_SOURCES if with_cuda else ())]
-    print(f"fastscore: {reason}; compiling fastscore._C for torch {torch.__version__} "
-          f"({'CPU+CUDA' if with_cuda else 'CPU'}) into {build_dir} (first use only)", file=sys.stderr)
+    info = _build.build_info("jit", capability, with_cuda, arch, src)
+    _build.write_info_header(build_dir / "gen", info)
+    sources = [str(src / s) for s in _build.cpp_sources(src) + (_build.cuda_sources(src) if with_cuda else [])]
+    cflags = _build.cxx_flags(capability, with_cuda)
+    if not _cached_build_current(build_dir, info, sources, cflags):
+        print(f"fastscore: {reason}; compiling fastscore._C for torch {torch.__version__} "
+              f"({'CPU+CUDA' if with_cuda else 'CPU'}) into {build_dir} (first use only)", file=sys.stderr)
     includes = [str(build_dir / "gen"), str(src)] + (_build.extra_cuda_include_dirs() if with_cuda else [])
     return cpp_extension.load(
         name=JIT_NAME,
         sources=sources,
-        extra_cflags=_build.cxx_flags(capability, with_cuda),
+        extra_cflags=cflags,
         extra_cuda_cflags=_build.nvcc_flags() if with_cuda else None,
         extra_ldflags=["-fopenmp"],
         extra_include_paths=includes,
@@ -155,8 +186,13 @@ def _load() -> ModuleType | None:
         return _state.module
     _state.tried = True
     try:
-        path = _installed_path()
+        explicit = os.environ.get(EXT_ENV)
+        path = explicit or _installed_path()
         why = mismatch(read_build_info(path)) if path else "no fastscore._C was installed"
+        if explicit and why is not None:
+            if not os.path.isfile(explicit):
+                why = "no such file"
+            raise RuntimeError(f"{EXT_ENV}={explicit} cannot be used: {why}")
         if path and why is None:
             module = _import_installed(path)
             _state.path = path
@@ -175,14 +211,15 @@ def _load() -> ModuleType | None:
 
 
 def arch_supported(arch_list: str, major: int, minor: int) -> bool:
-    """Whether a TORCH_CUDA_ARCH_LIST-style list ("8.0;9.0+PTX") has code for an sm_<major><minor> GPU."""
+    """Whether a TORCH_CUDA_ARCH_LIST-style list ("8.0;9.0+PTX", "9.0a") has code for an sm_<major><minor>
+    GPU. An arch-specific entry ("9.0a", "10.0f") runs on exactly that major.minor; +PTX also on newer."""
     for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
         entry = entry.strip()
         if not entry:
             continue
         ptx = entry.endswith("+PTX")
         try:
-            a_major, a_minor = (int(v) for v in entry.removesuffix("+PTX").split("."))
+            a_major, a_minor = (int(v) for v in entry.removesuffix("+PTX").rstrip("af").split("."))
         except ValueError:
             continue
         if (a_major, a_minor) == (major, minor) or (ptx and (a_major, a_minor) <= (major, minor)):

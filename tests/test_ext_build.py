@@ -63,7 +63,9 @@ def test_stale_install_with_jit_disabled_gives_a_reason_and_other_backends_still
 
 @pytest.mark.parametrize("arch,cap,ok", [
     ("9.0", (9, 0), True), ("8.0;9.0", (8, 6), False), ("8.0+PTX", (9, 0), True),
-    ("9.0", (8, 0), False), ("", (9, 0), False), ("9.0a", (9, 0), False),
+    ("9.0", (8, 0), False), ("", (9, 0), False),
+    # arch-specific code (sm_90a, what the H200 machine's TORCH_CUDA_ARCH_LIST asks for) runs on that chip only
+    ("9.0a", (9, 0), True), ("9.0a", (10, 0), False), ("10.0f", (10, 0), True),
 ])
 def test_cuda_arch_list_decides_cuda_availability(arch, cap, ok):
     assert extension.arch_supported(arch, *cap) is ok
@@ -81,8 +83,97 @@ def test_cuda_build_decision_respects_the_override(monkeypatch):
 def test_sources_ship_with_the_package():
     src = extension.source_dir()
     assert src is not None
-    for name in _build.CPU_SOURCES + _build.CUDA_SOURCES + _build.HEADERS:
+    cpp, cu = _build.cpp_sources(src), _build.cuda_sources(src)
+    assert cpp[0] == _build.MODULE_SOURCE and cu
+    assert sorted(cpp) == sorted(p.relative_to(src).as_posix() for p in src.rglob("*.cpp"))
+    assert sorted(cu) == sorted(p.relative_to(src).as_posix() for p in src.rglob("*.cu"))
+    for name in _build.source_files(src):
         assert (src / name).is_file(), name
+
+
+def _copy_sources(tmp_path):
+    import shutil
+
+    copy = tmp_path / "csrc"
+    shutil.copytree(extension.source_dir(), copy)
+    return copy
+
+
+def test_source_list_and_hash_follow_the_directory(tmp_path):
+    src = _copy_sources(tmp_path)
+    before = _build.source_hash(src)
+    assert _build.source_hash(src) == before
+    # A new translation unit is built, and changes the hash.
+    (src / "cpu" / "extra.cpp").write_text("// nothing\n")
+    assert "cpu/extra.cpp" in _build.cpp_sources(src)
+    with_extra = _build.source_hash(src)
+    assert with_extra != before
+    (src / "cpu" / "extra.cpp").unlink()
+    assert _build.source_hash(src) == before
+    # Every header counts, included from anywhere: an edited one invalidates a build.
+    for header in [n for n in _build.source_files(src) if n.endswith((".h", ".cuh"))]:
+        path = src / header
+        text = path.read_text()
+        path.write_text(text + "\n// edited\n")
+        assert _build.source_hash(src) != before, header
+        path.write_text(text)
+    assert _build.source_hash(src) == before
+
+
+def test_stale_jit_build_from_edited_header_is_refused(tmp_path):
+    src = _copy_sources(tmp_path)
+    info = _build.build_info("jit", "DEFAULT", False, None, src)
+    (src / "cpu" / "kernels.h").write_text((src / "cpu" / "kernels.h").read_text() + "// edited\n")
+    assert info["src"] != _build.source_hash(src)
+
+
+def _fake_build_dir(tmp_path, info: dict, sources: list[str], cflags: list[str]):
+    """A build directory whose build.ninja 'compiles' sources into a library carrying info."""
+    import subprocess
+
+    build = tmp_path / "build"
+    build.mkdir()
+    marker = "FASTSCORE_BUILD_INFO[" + _build.encode_info(info) + "]"
+    rule = f"rule mark\n  command = printf '%s' '{marker}' > $out\n"
+    inputs = " ".join(sources)
+    (build / "build.ninja").write_text(f"# cflags = {' '.join(cflags)}\n{rule}"
+                                       f"build {extension.JIT_NAME}.so: mark {inputs}\n")
+    subprocess.run(["ninja", "-C", str(build)], check=True, capture_output=True)
+    return build
+
+
+@pytest.mark.skipif(__import__("shutil").which("ninja") is None, reason="ninja not installed")
+def test_cached_build_is_current_only_when_nothing_would_be_compiled(tmp_path):
+    import os
+    import time
+
+    source = tmp_path / "a.cpp"
+    source.write_text("int a;\n")
+    info, sources, cflags = _this_build(origin="jit"), [str(source)], ["-O3", "-DX=1"]
+    build = _fake_build_dir(tmp_path, info, sources, cflags)
+    assert extension._cached_build_current(build, info, sources, cflags)
+    assert not extension._cached_build_current(build, dict(info, src="0123"), sources, cflags)  # other sources
+    assert not extension._cached_build_current(build, info, sources, cflags + ["-DY"])  # other flags
+    assert not extension._cached_build_current(build, info, sources + [str(tmp_path / "b.cpp")], cflags)
+    later = time.time() + 10
+    os.utime(source, (later, later))  # a source newer than the build: ninja would recompile
+    assert not extension._cached_build_current(build, info, sources, cflags)
+    assert not extension._cached_build_current(tmp_path / "nothing", info, sources, cflags)
+
+
+@pytest.mark.parametrize("current", [True, False])
+def test_compile_is_announced_only_when_it_happens(tmp_path, monkeypatch, capsys, current):
+    from torch.utils import cpp_extension
+
+    calls = []
+    monkeypatch.setenv(extension.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(_build.CUDA_ENV, "0")
+    monkeypatch.setattr(extension, "_cached_build_current", lambda *args: current)
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: calls.append(kwargs) or "module")
+    assert extension._jit_build("why") == "module"
+    assert [s.split("/csrc/")[-1] for s in calls[0]["sources"]] == _build.cpp_sources(extension.source_dir())
+    err = capsys.readouterr().err
+    assert ("compiling fastscore._C" in err) is (not current)
 
 
 def test_loaded_extension_describes_itself():
@@ -95,3 +186,5 @@ def test_loaded_extension_describes_itself():
     assert info["torch"] == torch.__version__ and info["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert info["origin"] in ("pip", "jit")
     assert extension.read_build_info(extension._state.path) == info  # the marker the loader checked
+    assert extension._state.module.with_cuda is bool(info["cuda"])
+    assert _build.decode_info(extension._state.module.build_info()) == info

@@ -24,7 +24,10 @@ constexpr int64_t kChunk = 1024;
 constexpr int kGroup = 16;
 
 // The 4 * kGroup normals of stream blocks [k0, k0 + kGroup) into out, lane-major as the stream is.
-inline void group_normals(uint64_t seed, uint64_t k0, float* out) {
+// Never inlined: the same code serves every op and dtype, and one out-of-line copy (called once per
+// 64 normals) instead of two per caller (two dozen callers in noise_ops.cpp) halves that file's
+// compile time; the extension is compiled at first use.
+[[gnu::noinline]] inline void group_normals(uint64_t seed, uint64_t k0, float* out) {
   using Vec = at::vec::Vectorized<float>;
   // Philox4x32-10 over kGroup consecutive blocks, lane by lane so the compiler vectorises it.
   alignas(64) uint32_t c0[kGroup], c1[kGroup], c2[kGroup], c3[kGroup];

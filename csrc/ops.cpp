@@ -1,0 +1,293 @@
+// The op library: the schemas of torch.ops.fastscore.* (one TORCH_LIBRARY for every device) and the
+// tensor-level half of every CPU op (argument checks, dtype conversion, allocation, the dispatch on
+// x's dtype), registered for the CPU dispatch key. The CPU loops are in cpu/*.cpp, behind the raw
+// pointer interface of cpu/kernels.h; the CUDA ops register themselves in cuda/*.cu.
+// fastscore/extension.py adds autograd and fake (meta) kernels in Python with
+// torch.library.register_autograd / register_fake.
+//
+// This is the one C++ translation unit that parses the tensor and dispatcher headers (torch/library.h);
+// the kernels' translation units stay light and compile in parallel with it (cpu/kernels.h).
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like_ops.h>
+#include <ATen/ops/empty_ops.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "checks.h"
+#include "cpu/kernels.h"
+
+TORCH_LIBRARY(fastscore, m) {
+  // y, and the float32 (float64 for float64 x) per-plane mean and 1 / sqrt(var + eps) kept for backward.
+  m.def("cond_instance_norm_plus(Tensor x, Tensor gamma, Tensor alpha, Tensor? beta, float eps, int activation)"
+        " -> (Tensor, Tensor, Tensor)");
+  // dx, dgamma, dalpha, dbeta (dbeta shaped like gamma when beta is None).
+  m.def("cond_instance_norm_plus_backward(Tensor grad_y, Tensor x, Tensor gamma, Tensor alpha, Tensor? beta,"
+        " Tensor mean, Tensor rstd, float eps, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("perturb(Tensor x, Tensor sigma, int seed, int offset) -> Tensor");
+  // Per-sample losses (N,), float32 (float64 for float64 scores); the reduction is done by the caller.
+  m.def("dsm_loss(Tensor scores, Tensor sigma, int seed, int offset, float anneal_power) -> Tensor");
+  m.def("dsm_loss_backward(Tensor grad, Tensor scores, Tensor sigma, int seed, int offset, float anneal_power)"
+        " -> Tensor");
+  // noise_scale < 0 means sqrt(2 step_size). The optional one-element tensors (on x's device) override
+  // the numbers and are read by the kernel, never by the host: a captured CUDA graph can change them.
+  m.def("langevin_step_(Tensor(a!) x, Tensor score, float step_size, int seed, int offset, float noise_scale,"
+        " Tensor? step_size_t=None, Tensor? seed_t=None, Tensor? offset_t=None, Tensor? noise_scale_t=None) -> ()");
+  m.def("normal_(Tensor(a!) out, int seed, int offset) -> ()");
+  m.def("philox4x32_10(Tensor words) -> Tensor");
+}
+
+namespace fastscore {
+namespace cpu {
+namespace {
+
+// at::empty(size, options) and at::empty_like(x), written as the calls ATen/ops/empty.h and
+// ATen/ops/empty_like.h make: those headers pull ATen/Context.h and more, seconds of compile time.
+at::Tensor empty(at::IntArrayRef size, const at::TensorOptions& options) {
+  return at::_ops::empty_memory_format::call(
+      c10::fromIntArrayRefSlow(size), c10::optTypeMetaToScalarType(options.dtype_opt()), options.layout_opt(),
+      options.device_opt(), options.pinned_memory_opt(),
+      c10::impl::check_tensor_options_and_extract_memory_format(options, std::nullopt));
+}
+
+at::Tensor empty_like(const at::Tensor& x) {
+  return at::_ops::empty_like::call(x, std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt);
+}
+
+// ---- cond_instance_norm_plus ----------------------------------------------------------------------
+
+Shape shape_of(const at::Tensor& x) {
+  return {x.size(0), x.size(1), x.size(2) * x.size(3), use_channels_last(x)};
+}
+
+// The checked parameters (contiguous, arithmetic dtype) as the kernels read them: a row per sample
+// for (N, C), one shared row for (C,).
+template <typename acc_t>
+NormParams<acc_t> norm_params(const at::Tensor& g, const at::Tensor& a, const c10::optional<at::Tensor>& b, int64_t C) {
+  auto stride = [&](const at::Tensor& t) { return t.dim() == 2 ? C : int64_t(0); };
+  return {g.data_ptr<acc_t>(), a.data_ptr<acc_t>(), b.has_value() ? b->data_ptr<acc_t>() : nullptr,
+          stride(g), stride(a), b.has_value() ? stride(*b) : int64_t(0)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cpu(const at::Tensor& x_in, const at::Tensor& gamma_in,
+                                                                const at::Tensor& alpha_in,
+                                                                const c10::optional<at::Tensor>& beta_in, double eps,
+                                                                int64_t act) {
+  constexpr const char* op = "fastscore::cond_instance_norm_plus";
+  check_norm_x(op, x_in, eps, act);
+  const at::Tensor gamma = checked_param(op, "gamma", gamma_in, x_in);
+  const at::Tensor alpha = checked_param(op, "alpha", alpha_in, x_in);
+  c10::optional<at::Tensor> beta;
+  if (beta_in.has_value() && beta_in->defined()) beta = checked_param(op, "beta", *beta_in, x_in);
+  const at::Tensor x = dense_input(x_in);
+  const Shape s = shape_of(x);
+  const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
+  at::Tensor y = empty_like(x);
+  at::Tensor mean = empty({s.N, s.C}, acc), rstd = empty({s.N, s.C}, acc);
+  at::Tensor scale = empty({s.N, s.C}, acc), shift = empty({s.N, s.C}, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "norm_forward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    norm_forward<scalar_t>({s, eps, act, x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(),
+                            rstd.data_ptr<acc_t>(), scale.data_ptr<acc_t>(), shift.data_ptr<acc_t>(),
+                            norm_params<acc_t>(gamma, alpha, beta, s.C)});
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& alpha_in,
+    const c10::optional<at::Tensor>& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in, double eps,
+    int64_t act) {
+  constexpr const char* op = "fastscore::cond_instance_norm_plus_backward";
+  check_norm_x(op, x_in, eps, act);
+  check_float_tensor(op, "grad_y", grad_y);
+  TORCH_CHECK(grad_y.sizes() == x_in.sizes(), op, ": grad_y must have x's shape ", x_in.sizes(), ", got ",
+              grad_y.sizes());
+  check_same_device(op, "grad_y", grad_y, "x", x_in);
+  const at::Tensor gamma = checked_param(op, "gamma", gamma_in, x_in);
+  const at::Tensor alpha = checked_param(op, "alpha", alpha_in, x_in);
+  c10::optional<at::Tensor> beta;
+  if (beta_in.has_value() && beta_in->defined()) beta = checked_param(op, "beta", *beta_in, x_in);
+  const int64_t N = x_in.size(0), C = x_in.size(1);
+  const at::ScalarType stat_type = acc_dtype(x_in.scalar_type());
+  auto check_stat = [&](const char* name, const at::Tensor& t) {
+    check_float_tensor(op, name, t);
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == N && t.size(1) == C && t.scalar_type() == stat_type, op, ": ", name,
+                " must be the forward's (N, C) = (", N, ", ", C, ") ", stat_type, " statistics, got ", t.scalar_type(),
+                " ", t.sizes());
+    check_same_device(op, name, t, "x", x_in);
+  };
+  check_stat("mean", mean_in);
+  check_stat("rstd", rstd_in);
+  const at::Tensor x = dense_input(x_in);
+  const Shape s = shape_of(x);
+  const at::Tensor dy = grad_y.to(x.scalar_type())
+                            .contiguous(s.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const auto acc = x.options().dtype(stat_type);
+  at::Tensor dx = empty_like(x);
+  auto nc = [&] { return empty({N, C}, acc); };
+  at::Tensor scale = nc(), shift = nc(), S1 = nc(), S2 = nc(), c1 = nc(), c2 = nc(), c3 = nc();
+  at::Tensor dgamma = nc(), dalpha = nc(), dbeta = nc();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "norm_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    norm_backward<scalar_t>({s, eps, act, x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
+                             mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), scale.data_ptr<acc_t>(),
+                             shift.data_ptr<acc_t>(), S1.data_ptr<acc_t>(), S2.data_ptr<acc_t>(), c1.data_ptr<acc_t>(),
+                             c2.data_ptr<acc_t>(), c3.data_ptr<acc_t>(), dgamma.data_ptr<acc_t>(),
+                             dalpha.data_ptr<acc_t>(), dbeta.data_ptr<acc_t>(),
+                             norm_params<acc_t>(gamma, alpha, beta, C)});
+  });
+  // Per-sample parameter grads, summed over N for shared (C,) parameters, in each parameter's dtype.
+  auto reduce = [](const at::Tensor& g, const at::Tensor& like) {
+    return (like.dim() == 1 ? g.sum(0) : g).to(like.scalar_type());
+  };
+  at::Tensor dbeta_out = beta_in.has_value() && beta_in->defined() ? reduce(dbeta, *beta_in) : reduce(dbeta, gamma_in);
+  return {dx, reduce(dgamma, gamma_in), reduce(dalpha, alpha_in), dbeta_out};
+}
+
+// ---- noise ops --------------------------------------------------------------------------------------
+
+void normal_cpu(at::Tensor out, int64_t seed, int64_t offset) {
+  constexpr const char* op = "fastscore::normal_";
+  check_float_tensor(op, "out", out);
+  check_seed_offset(op, seed, offset, out.numel());
+  if (out.numel() == 0) return;
+  at::Tensor dense = out.is_contiguous() ? out : empty(out.sizes(), out.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dense.scalar_type(), "normal_cpu", [&] {
+    normal_kernel(dense.data_ptr<scalar_t>(), dense.numel(), seed, offset);
+  });
+  if (!dense.is_same(out)) out.copy_(dense);
+}
+
+at::Tensor perturb_cpu(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset) {
+  constexpr const char* op = "fastscore::perturb";
+  check_float_tensor(op, "x", x_in);
+  const at::Tensor sigma = checked_sigma(op, sigma_in, x_in, "x");
+  check_seed_offset(op, seed, offset, x_in.numel());
+  const at::Tensor x = x_in.contiguous();  // the noise follows the logical order: walk it densely
+  at::Tensor out = empty_like(x);
+  const int64_t d = x.numel() / x.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "perturb_cpu", [&] {
+    perturb_kernel(x.data_ptr<scalar_t>(), sigma.data_ptr<acc_type<scalar_t>>(), out.data_ptr<scalar_t>(), x.numel(),
+                   d, seed, offset);
+  });
+  return out;
+}
+
+at::Tensor dsm_loss_cpu(const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
+                        double power) {
+  constexpr const char* op = "fastscore::dsm_loss";
+  check_float_tensor(op, "scores", scores_in);
+  const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
+  check_seed_offset(op, seed, offset, scores_in.numel());
+  check_finite(op, "anneal_power", std::abs(power), false);
+  const at::Tensor scores = scores_in.contiguous();
+  const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
+  at::Tensor loss = empty({n_samples}, scores.options().dtype(acc_dtype(scores.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_loss_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    dsm_loss_kernel(scores.data_ptr<scalar_t>(), sigma.data_ptr<acc_t>(), loss.data_ptr<acc_t>(), n_samples, d, seed,
+                    offset, power);
+  });
+  return loss;
+}
+
+at::Tensor dsm_loss_backward_cpu(const at::Tensor& grad_in, const at::Tensor& scores_in, const at::Tensor& sigma_in,
+                                 int64_t seed, int64_t offset, double power) {
+  constexpr const char* op = "fastscore::dsm_loss_backward";
+  check_float_tensor(op, "scores", scores_in);
+  const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
+  check_float_tensor(op, "grad", grad_in);
+  TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == scores_in.size(0), op, ": grad must have shape (N,) = (",
+              scores_in.size(0), ",), got ", grad_in.sizes());
+  check_same_device(op, "grad", grad_in, "scores", scores_in);
+  check_seed_offset(op, seed, offset, scores_in.numel());
+  const at::Tensor scores = scores_in.contiguous();
+  const at::Tensor grad = grad_in.to(acc_dtype(scores.scalar_type())).contiguous();
+  at::Tensor dscores = empty_like(scores);
+  const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_loss_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    dsm_loss_backward_kernel(grad.data_ptr<acc_t>(), scores.data_ptr<scalar_t>(), sigma.data_ptr<acc_t>(),
+                             dscores.data_ptr<scalar_t>(), scores.numel(), d, seed, offset, power);
+  });
+  return dscores;
+}
+
+void langevin_step_cpu(at::Tensor x, const at::Tensor& score_in, double step_size, int64_t seed, int64_t offset,
+                       double noise_scale, const c10::optional<at::Tensor>& step_t,
+                       const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t,
+                       const c10::optional<at::Tensor>& noise_t) {
+  constexpr const char* op = "fastscore::langevin_step_";
+  check_float_tensor(op, "x", x);
+  check_float_tensor(op, "score", score_in);
+  TORCH_CHECK(score_in.sizes() == x.sizes(), op, ": score must have x's shape ", x.sizes(), ", got ",
+              score_in.sizes());
+  check_same_device(op, "score", score_in, "x", x);
+  check_scalar_tensor(op, "step_size", step_t, x, false);
+  check_scalar_tensor(op, "seed", seed_t, x, true);
+  check_scalar_tensor(op, "offset", offset_t, x, true);
+  check_scalar_tensor(op, "noise_scale", noise_t, x, false);
+  // On the CPU the tensor forms are simply read.
+  if (step_t.has_value() && step_t->defined()) step_size = step_t->item<double>();
+  if (seed_t.has_value() && seed_t->defined()) seed = seed_t->item<int64_t>();
+  if (offset_t.has_value() && offset_t->defined()) offset = offset_t->item<int64_t>();
+  if (noise_t.has_value() && noise_t->defined()) {
+    noise_scale = noise_t->item<double>();
+  } else if (noise_scale < 0) {
+    check_finite(op, "step_size", step_size, false);
+    noise_scale = std::sqrt(2.0 * step_size);
+  }
+  check_finite(op, "step_size", step_size, false);
+  check_finite(op, "noise_scale", noise_scale, false);
+  check_seed_offset(op, seed, offset, x.numel());
+  if (x.numel() == 0) return;
+  // A non-contiguous x is updated through a dense copy and written back, so x itself changes.
+  at::Tensor dense = x.is_contiguous() ? x : x.contiguous();
+  // score in x's dtype or, if it differs, in the arithmetic dtype: never rounded below what x keeps.
+  const at::ScalarType score_dtype = score_in.scalar_type() == x.scalar_type() ? x.scalar_type()
+                                                                               : acc_dtype(x.scalar_type());
+  const at::Tensor score = score_in.to(score_dtype).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dense.scalar_type(), "langevin_step_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    if (score.scalar_type() == dense.scalar_type()) {
+      langevin_kernel(dense.data_ptr<scalar_t>(), score.data_ptr<scalar_t>(), dense.numel(), step_size, noise_scale,
+                      seed, offset);
+    } else {
+      langevin_kernel(dense.data_ptr<scalar_t>(), score.data_ptr<acc_t>(), dense.numel(), step_size, noise_scale,
+                      seed, offset);
+    }
+  });
+  if (!dense.is_same(x)) x.copy_(dense);
+}
+
+// The raw Philox4x32-10 words of (counter, key) rows, for the known-answer tests: words is (M, 6)
+// int64 holding uint32 values (c0, c1, c2, c3, k0, k1); the result is (M, 4) int64.
+at::Tensor philox_cpu(const at::Tensor& words_in) {
+  constexpr const char* op = "fastscore::philox4x32_10";
+  TORCH_CHECK(words_in.scalar_type() == at::kLong && words_in.dim() == 2 && words_in.size(1) == 6, op,
+              ": words must be an int64 tensor of shape (M, 6), got ", words_in.scalar_type(), " ", words_in.sizes());
+  const at::Tensor words = words_in.contiguous();
+  at::Tensor out = empty({words.size(0), 4}, words.options());
+  philox_rows(words.data_ptr<int64_t>(), out.data_ptr<int64_t>(), words.size(0));
+  return out;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastscore
+
+TORCH_LIBRARY_IMPL(fastscore, CPU, m) {
+  using namespace fastscore::cpu;
+  m.impl("cond_instance_norm_plus", &norm_forward_cpu);
+  m.impl("cond_instance_norm_plus_backward", &norm_backward_cpu);
+  m.impl("normal_", &normal_cpu);
+  m.impl("perturb", &perturb_cpu);
+  m.impl("dsm_loss", &dsm_loss_cpu);
+  m.impl("dsm_loss_backward", &dsm_loss_backward_cpu);
+  m.impl("langevin_step_", &langevin_step_cpu);
+  m.impl("philox4x32_10", &philox_cpu);
+}
