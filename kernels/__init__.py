@@ -8,6 +8,11 @@ This module must import cheaply and never fail: triton is imported when availabi
 for, each op module when its op first runs (a function-level `from . import`, which torch.compile can
 trace). Kernels run on CUDA, or on the CPU in Triton's interpreter when TRITON_INTERPRET=1 was set
 before triton was imported.
+
+Loops whose bounds are runtime values (kernel arguments, program ids) are written as `while` loops,
+not `for ... in range(...)`: triton 3.6's interpreter turns a range bound into a Python int in a way
+numpy >= 2.4 rejects (triton-lang/triton#9171, fixed after 3.6), while the compiler emits the same
+PTX for these kernels either way. `range` stays for constexpr bounds. .ci/floors runs triton 3.6.
 """
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ kernels loop over them, and when there are too few planes to fill TARGET_PROGRAM
 split each plane into ranges, merged afterwards; the elementwise kernels give each chunk a program).
 
 Forward, two passes over x (the per-sample statistics need every channel's mean before any output):
-  1. _plane_stats: mu and rstd = 1/sqrt(var + eps) per plane, the variance by a two-pass sum within
-     each chunk merged across chunks with Chan's formula (no E[x^2] - E[x]^2 cancellation), over
-     values shifted by the plane's first value (large means lose no precision); _merge_stats
-     combines a plane's ranges the same way when it was split.
+  1. _plane_stats: mu and rstd = 1/sqrt(var + eps) per plane: per chunk a mean refined by the mean
+     of its residuals and the sum of squared residuals, merged across chunks with Chan's formula (no
+     E[x^2] - E[x]^2 cancellation, and a large mean loses no precision); _merge_stats combines a
+     plane's ranges the same way when it was split.
   2. _sample_stats (one program per sample, over (N, C) numbers only): m, v, muhat, rv = 1/sqrt(v + eps).
   3. _apply: y = act(gamma * ((x - mu) * rstd + alpha * muhat) + beta), stored in x's dtype and layout.
 Backward, two passes over x and dy (g is recomputed from x and the saved statistics, y is not kept):
@@ -113,61 +113,70 @@ def _chan_merge(mean, m2, count_a, mean_b, m2_b, count_b):
 
 
 @triton.jit
-def _pivot(x_ptr, p, pmask, C, stride_n, stride_c):
-    """Each plane's first value. Sums run over x - pivot so a plane whose mean is large next to its
-    spread keeps float32 precision in the chunk sums; the spread is unchanged by the shift."""
-    return tl.load(x_ptr + (p // C) * stride_n + (p % C) * stride_c, mask=pmask, other=0.0).to(tl.float32)
+def _chunk_stats(x, mask, count):
+    """(mean, m2) of the masked values of each row of a chunk: the mean refined once by the mean of
+    the residuals (the first sum carries the rounding of |mean|-sized terms), m2 summed over the
+    refined residuals, so a plane whose mean is large next to its spread keeps its precision."""
+    mean = tl.sum(x, axis=1) / count
+    d = tl.where(mask, x - mean[:, None], 0.0)
+    correction = tl.sum(d, axis=1) / count
+    d = tl.where(mask, d - correction[:, None], 0.0)
+    return mean + correction, tl.sum(d * d, axis=1)
 
 
 @triton.jit
 def _plane_stats(x_ptr, mu_ptr, rstd_ptr, part_ptr, P, C, HW, stride_n, stride_c, stride_hw, eps, split_len,
                  SPLIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     """Planes of block program_id(0), positions [split * split_len, ...) for split = program_id(1).
-    Unsplit: stores mu and rstd. Split: stores the pivot-shifted (mean, m2) of the range in part."""
+    Unsplit: stores mu and rstd. Split: stores the float64 (mean, m2) of the range in part."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     p = tl.cast(pid, tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < P
-    pivot = _pivot(x_ptr, p, pmask, C, stride_n, stride_c)
-    mean = tl.zeros([BLOCK_P], tl.float32)
-    m2 = tl.zeros([BLOCK_P], tl.float32)
+    # The merge runs in float64 (a few scalars per plane and chunk: free next to the chunk's load), so
+    # the statistics of a plane keep float32 precision however many chunks it spans.
+    mean = tl.zeros([BLOCK_P], tl.float64)
+    m2 = tl.zeros([BLOCK_P], tl.float64)
     begin = split * split_len
-    for start in range(begin, tl.minimum(begin + split_len, HW), BLOCK_HW):
+    end = tl.minimum(begin + split_len, HW)
+    start = begin
+    while start < end:
         p, offs, mask = _tile(pid, 0, P, C, HW, stride_n, stride_c, stride_hw, BLOCK_P, BLOCK_HW)
         offs += start * stride_hw
         mask &= (start + tl.arange(0, BLOCK_HW) < HW)[None, :]
-        x = tl.where(mask, tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - pivot[:, None], 0.0)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         count_b = tl.minimum(HW - start, BLOCK_HW).to(tl.float32)
-        mean_b = tl.sum(x, axis=1) / count_b
-        d = tl.where(mask, x - mean_b[:, None], 0.0)
-        m2_b = tl.sum(d * d, axis=1)
-        mean, m2 = _chan_merge(mean, m2, tl.cast(start - begin, tl.float32), mean_b, m2_b, count_b)
+        mean_b, m2_b = _chunk_stats(x, mask, count_b)
+        mean, m2 = _chan_merge(mean, m2, tl.cast(start - begin, tl.float64), mean_b.to(tl.float64),
+                               m2_b.to(tl.float64), count_b.to(tl.float64))
+        start += BLOCK_HW
     if SPLIT:
         part = part_ptr + (p * tl.num_programs(1) + split) * 2
         tl.store(part, mean, mask=pmask)
         tl.store(part + 1, m2, mask=pmask)
     else:
-        tl.store(mu_ptr + p, pivot + mean, mask=pmask)
-        tl.store(rstd_ptr + p, 1.0 / tl.sqrt_rn(m2 / HW + eps), mask=pmask)
+        tl.store(mu_ptr + p, mean.to(tl.float32), mask=pmask)
+        tl.store(rstd_ptr + p, (1.0 / tl.sqrt(m2 / HW + eps)).to(tl.float32), mask=pmask)
 
 
 @triton.jit
-def _merge_stats(x_ptr, part_ptr, mu_ptr, rstd_ptr, P, C, HW, stride_n, stride_c, eps, splits, split_len,
-                 BLOCK_P: tl.constexpr):
+def _merge_stats(part_ptr, mu_ptr, rstd_ptr, P, HW, eps, splits, split_len, BLOCK_P: tl.constexpr):
     """mu and rstd of planes whose statistics _plane_stats computed in `splits` position ranges."""
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < P
-    mean = tl.zeros([BLOCK_P], tl.float32)
-    m2 = tl.zeros([BLOCK_P], tl.float32)
-    for split in range(0, splits):
+    mean = tl.zeros([BLOCK_P], tl.float64)
+    m2 = tl.zeros([BLOCK_P], tl.float64)
+    split = 0
+    while split < splits:
         part = part_ptr + (p * splits + split) * 2
         count_a = split * split_len
-        count_b = tl.minimum(HW - count_a, split_len).to(tl.float32)
+        count_b = tl.minimum(HW - count_a, split_len).to(tl.float64)
         mean_b = tl.load(part, mask=pmask, other=0.0)
         m2_b = tl.load(part + 1, mask=pmask, other=0.0)
-        mean, m2 = _chan_merge(mean, m2, tl.cast(count_a, tl.float32), mean_b, m2_b, count_b)
-    tl.store(mu_ptr + p, _pivot(x_ptr, p, pmask, C, stride_n, stride_c) + mean, mask=pmask)
-    tl.store(rstd_ptr + p, 1.0 / tl.sqrt_rn(m2 / HW + eps), mask=pmask)
+        mean, m2 = _chan_merge(mean, m2, tl.cast(count_a, tl.float64), mean_b, m2_b, count_b)
+        split += 1
+    tl.store(mu_ptr + p, mean.to(tl.float32), mask=pmask)
+    tl.store(rstd_ptr + p, (1.0 / tl.sqrt(m2 / HW + eps)).to(tl.float32), mask=pmask)
 
 
 @triton.jit
@@ -176,23 +185,29 @@ def _sample_stats(mu_ptr, muhat_ptr, rv_ptr, C, inv_cm1, muhat_scale, eps, BLOCK
     n = tl.program_id(0).to(tl.int64)
     row = mu_ptr + n * C
     total = tl.zeros([BLOCK_C], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
+    c0 = 0
+    while c0 < C:
         c = c0 + tl.arange(0, BLOCK_C)
         total += tl.load(row + c, mask=c < C, other=0.0)
+        c0 += BLOCK_C
     m = tl.sum(total, axis=0) / C
     sq = tl.zeros([BLOCK_C], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
+    c0 = 0
+    while c0 < C:
         c = c0 + tl.arange(0, BLOCK_C)
         d = tl.where(c < C, tl.load(row + c, mask=c < C, other=0.0) - m, 0.0)
         sq += d * d
+        c0 += BLOCK_C
     # inv_cm1 = 1 / (C - 1) and muhat_scale = 1 come from the host (floats, never specialized on);
     # for C == 1 both are 0: v is undefined, muhat is 0 by definition and rv (finite) goes unused.
     v = tl.sum(sq, axis=0) * inv_cm1
     rv = 1.0 / tl.sqrt_rn(v + eps)
-    for c0 in range(0, C, BLOCK_C):
+    c0 = 0
+    while c0 < C:
         c = c0 + tl.arange(0, BLOCK_C)
         mu = tl.load(row + c, mask=c < C, other=0.0)
         tl.store(muhat_ptr + n * C + c, (mu - m) * rv * muhat_scale, mask=c < C)
+        c0 += BLOCK_C
     tl.store(rv_ptr + n, rv)
 
 
@@ -247,13 +262,16 @@ def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_
     s1 = tl.zeros([BLOCK_P], tl.float32)
     s2 = tl.zeros([BLOCK_P], tl.float32)
     begin = split * split_len
-    for start in range(begin, tl.minimum(begin + split_len, HW), BLOCK_HW):
+    end = tl.minimum(begin + split_len, HW)
+    start = begin
+    while start < end:
         _, offs, mask = _tile(pid, 0, P, C, HW, stride_n, stride_c, stride_hw, BLOCK_P, BLOCK_HW)
         offs += start * stride_hw
         mask &= (start + tl.arange(0, BLOCK_HW) < HW)[None, :]
         xhat, dg = _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT)
         s1 += tl.sum(dg, axis=1)
         s2 += tl.sum(dg * xhat, axis=1)
+        start += BLOCK_HW
     tl.store(s1_ptr + p * tl.num_programs(1) + split, s1, mask=pmask)
     tl.store(s2_ptr + p * tl.num_programs(1) + split, s2, mask=pmask)
 
@@ -266,24 +284,29 @@ def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, ga
     n = tl.program_id(0).to(tl.int64)
     rv = tl.load(rv_ptr + n)
     dot = tl.zeros([BLOCK_C], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
+    c0 = 0
+    while c0 < C:
         c = c0 + tl.arange(0, BLOCK_C)
         cm = c < C
         p = n * C + c
         d = _param(alpha_ptr, p, C, alpha_stride, cm) * _param(gamma_ptr, p, C, gamma_stride, cm) \
             * tl.load(s1_ptr + p, mask=cm, other=0.0)
         dot += d * tl.load(muhat_ptr + p, mask=cm, other=0.0)
+        c0 += BLOCK_C
     proj = tl.sum(dot, axis=0) * inv_cm1
     g_total = tl.zeros([BLOCK_C], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
+    c0 = 0
+    while c0 < C:
         c = c0 + tl.arange(0, BLOCK_C)
         cm = c < C
         p = n * C + c
         d = _param(alpha_ptr, p, C, alpha_stride, cm) * _param(gamma_ptr, p, C, gamma_stride, cm) \
             * tl.load(s1_ptr + p, mask=cm, other=0.0)
         g_total += tl.where(cm, rv * (d - tl.load(muhat_ptr + p, mask=cm, other=0.0) * proj), 0.0)
+        c0 += BLOCK_C
     g_mean = tl.sum(g_total, axis=0) / C
-    for c0 in range(0, C, BLOCK_C):
+    c0 = 0
+    while c0 < C:
         c = c0 + tl.arange(0, BLOCK_C)
         cm = c < C
         p = n * C + c
@@ -295,6 +318,7 @@ def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, ga
         tl.store(dmu_ptr + p, (rv * (alpha * gamma * s1 - muhat * proj) - g_mean) * muhat_scale, mask=cm)
         tl.store(dgamma_ptr + p, s2 + alpha * muhat * s1, mask=cm)
         tl.store(dalpha_ptr + p, gamma * muhat * s1, mask=cm)
+        c0 += BLOCK_C
 
 
 @triton.jit
@@ -338,13 +362,9 @@ def _fused_forward(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, gamma_ptr,
     """Sample n in one read of x: plane statistics, channel statistics, normalise, affine, act, store."""
     n, c, cmask, offs, mask = _sample_tile(C, HW, stride_n, stride_c, stride_hw, BLOCK_C, BLOCK_HW)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    mu = tl.sum(x, axis=1) / HW
+    mu, m2 = _chunk_stats(x, mask, HW)
     d = tl.where(mask, x - mu[:, None], 0.0)
-    # One refinement of the mean: the first sum carries the rounding of |mean|-sized terms.
-    correction = tl.sum(d, axis=1) / HW
-    mu += correction
-    d = tl.where(mask, d - correction[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt_rn(tl.sum(d * d, axis=1) / HW + eps)
+    rstd = 1.0 / tl.sqrt_rn(m2 / HW + eps)
     m = tl.sum(tl.where(cmask, mu, 0.0), axis=0) / C
     dm = tl.where(cmask, mu - m, 0.0)
     rv = 1.0 / tl.sqrt_rn(tl.sum(dm * dm, axis=0) * inv_cm1 + eps)
@@ -466,13 +486,12 @@ def norm_forward_op(x: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor, b
     block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
     warps = _warps(block_p, block_hw)
     splits, split_len = _splits(p, hw, block_p, block_hw)
-    part = torch.empty(p, splits, 2, **f32) if splits > 1 else mu
+    part = torch.empty(p, splits, 2, device=x.device, dtype=torch.float64) if splits > 1 else mu
     _plane_stats[(triton.cdiv(p, block_p), splits)](x, mu, rstd, part, p, c, hw, *strides, eps, split_len,
                                                     SPLIT=splits > 1, BLOCK_P=block_p, BLOCK_HW=block_hw,
                                                     num_warps=warps)
     if splits > 1:
-        _merge_stats[(triton.cdiv(p, 128),)](x, part, mu, rstd, p, c, hw, *strides[:2], eps, splits, split_len,
-                                             BLOCK_P=128)
+        _merge_stats[(triton.cdiv(p, 128),)](part, mu, rstd, p, hw, eps, splits, split_len, BLOCK_P=128)
     _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps,
                         BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
     _apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](

@@ -35,12 +35,14 @@ def _langevin_kernel(x_ptr, score_ptr, coeff_ptr, stream_ptr, step, scale, N, D,
     chunk = tl.program_id(0)
     # Contiguous x is passed as one sample of N * D elements (the update has nothing per sample), so
     # blocks are full whatever the sample size; channels_last x is walked per sample.
-    for n in range(tl.program_id(1), N, tl.num_programs(1)):
+    n = tl.program_id(1)
+    while n < N:
         idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
                                              CHANNELS_LAST, GROUPS, BLOCK_C)
         x = tl.load(x_ptr + idx, mask=valid).to(tl.float32)
         s = tl.load(score_ptr + idx, mask=valid).to(tl.float32)
         tl.store(x_ptr + idx, (x + step * s + scale * z).to(x_ptr.dtype.element_ty), mask=valid)
+        n += tl.num_programs(1)
 
 
 def _launch(x, score, coeffs, stream, step, scale, seed, offset):

@@ -31,12 +31,14 @@ def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, N, D, C, HW, seed_lo, seed_hi, of
         x = tl.load(x_ptr + idx, mask=valid).to(tl.float32)
         tl.store(out_ptr + idx, (x + s * z).to(out_ptr.dtype.element_ty), mask=valid)
     else:
-        for n in range(tl.program_id(1), N, tl.num_programs(1)):
+        n = tl.program_id(1)
+        while n < N:
             idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
                                                  CHANNELS_LAST, GROUPS, BLOCK_C)
             s = tl.load(sigma_ptr + n).to(tl.float32)
             x = tl.load(x_ptr + idx, mask=valid).to(tl.float32)
             tl.store(out_ptr + idx, (x + s * z).to(out_ptr.dtype.element_ty), mask=valid)
+            n += tl.num_programs(1)
 
 
 @torch.library.custom_op("fastscore_triton::perturb", mutates_args=())

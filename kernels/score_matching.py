@@ -31,7 +31,8 @@ def _partial_kernel(scores_ptr, sigma_ptr, partial_ptr, N, D, C, HW, seed_lo, se
     offset = join64(off_lo, off_hi)
     chunk = tl.program_id(0)
     chunks = tl.num_programs(0)
-    for n in range(tl.program_id(1), N, tl.num_programs(1)):
+    n = tl.program_id(1)
+    while n < N:
         idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
                                              CHANNELS_LAST, GROUPS, BLOCK_C)
         s = tl.load(scores_ptr + idx, mask=valid).to(tl.float32)
@@ -39,26 +40,31 @@ def _partial_kernel(scores_ptr, sigma_ptr, partial_ptr, N, D, C, HW, seed_lo, se
         r = tl.where(valid, s + z / sigma, 0.0)
         sq = tl.ravel(r * r, can_reorder=True)  # a channels_last block is 2-D
         tl.store(partial_ptr + tl.cast(n, tl.int64) * chunks + chunk, tl.sum(sq, axis=0))
+        n += tl.num_programs(1)
 
 
 @triton.jit
 def _finish_kernel(partial_ptr, sigma_ptr, out_ptr, N, chunks, power,
                    REDUCTION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     total = tl.full([], 0.0, tl.float32)
-    for n0 in range(0, N, BLOCK_N):
+    n0 = 0
+    while n0 < N:
         rows = n0 + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        for k0 in range(0, chunks, BLOCK_K):
+        k0 = 0
+        while k0 < chunks:
             cols = k0 + tl.arange(0, BLOCK_K)
             mask = row_ok[:, None] & (cols[None, :] < chunks)
             acc += tl.load(partial_ptr + rows.to(tl.int64)[:, None] * chunks + cols[None, :], mask=mask, other=0.0)
+            k0 += BLOCK_K
         sigma = tl.load(sigma_ptr + rows, mask=row_ok, other=1.0).to(tl.float32)
         per_sample = 0.5 * _pow(sigma, power) * tl.sum(acc, axis=1)
         if REDUCTION == 2:
             tl.store(out_ptr + rows, per_sample.to(out_ptr.dtype.element_ty), mask=row_ok)
         else:
             total += tl.sum(tl.where(row_ok, per_sample, 0.0), axis=0)
+        n0 += BLOCK_N
     if REDUCTION == 0:
         tl.store(out_ptr, (total / N).to(out_ptr.dtype.element_ty))
     elif REDUCTION == 1:
@@ -71,7 +77,8 @@ def _backward_kernel(grad_ptr, grad_stride, inv_count, scores_ptr, sigma_ptr, ou
                      CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr, BLOCK_C: tl.constexpr):
     offset = join64(off_lo, off_hi)
     chunk = tl.program_id(0)
-    for n in range(tl.program_id(1), N, tl.num_programs(1)):
+    n = tl.program_id(1)
+    while n < N:
         idx, valid, z = sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
                                              CHANNELS_LAST, GROUPS, BLOCK_C)
         sigma = tl.load(sigma_ptr + n).to(tl.float32)
@@ -79,6 +86,7 @@ def _backward_kernel(grad_ptr, grad_stride, inv_count, scores_ptr, sigma_ptr, ou
         coef = g * _pow(sigma, power)
         s = tl.load(scores_ptr + idx, mask=valid).to(tl.float32)
         tl.store(out_ptr + idx, (coef * (s + z / sigma)).to(out_ptr.dtype.element_ty), mask=valid)
+        n += tl.num_programs(1)
 
 
 def _loss_meta(scores, reduction):
