@@ -1,19 +1,22 @@
-"""End to end: an ermongroup/ncsn-equivalent reference path against fastscore's fast path, one process.
+"""End to end: fastscore's fast path against ncsn's eager code on the CIFAR-10 network, one process.
 
-    reference  CondRefineNetDilated (CIFAR-10: ngf 128, 32 px, 3 channels, 10 levels) with every norm
-               on the plain-PyTorch backend, float32, contiguous, eager: the computation ncsn's code
-               does, with its loss written as ncsn writes it (torch.randn_like noise)
-    fast       the same weights with norm + ELU fused (fuse_norm_act), the default fused backend,
-               channels_last end to end, optional bfloat16 autocast, float32 sampler state, the
-               Langevin loop captured in a CUDA graph where a GPU is present
+    baseline  ncsn's CondRefineNetDilated (ngf 128, 32 px, 10 levels) as ncsn's code runs it: its
+              CondInstanceNorm++ modules, float32, contiguous, eager; its loss and its Langevin loop
+              with torch.randn_like noise (benchmarks/ncsn_baseline.py)
+    fast      the same weights with norm + ELU fused (fuse_norm_act), the default fused backend,
+              channels_last end to end, float32 or bfloat16 autocast (sampler state float32), the
+              Langevin update replayed from a CUDA graph where a GPU is present
+    oracle    the same network on fastscore's torch backend: only to check that the fast path samples
+              what the reference computes (never a speed baseline)
 
-Measured: model forward at batch 100, annealed Langevin sampling of 100 images (1,000 steps; the
-reference is timed over --ref-steps steps and scaled, and says so), a training step at batch 128
-(forward, DSM loss, backward, Adam), each in float32 and bfloat16, with peak memory; and the
-agreement of fast and reference samples from one seed over a short float32 run.
+Figures, each printed as soon as it is measured: forward at --batch (eager and graph-replayed),
+annealed Langevin sampling timed over --sample-steps steps and scaled to 1,000 (labelled), a training
+step at --train-batch (forward, DSM loss, backward, Adam), float32 and bfloat16, peak memory; then a
+torch.profiler table of the top kernels of one bfloat16 forward of the fast path. PyTorch's default
+precision settings (cuDNN may use TF32 for float32 convolutions, for both paths alike).
 
     python benchmarks/e2e.py --json e2e.json          # on the GPU
-    python benchmarks/e2e.py --tiny                   # a seconds-long smoke run on the CPU
+    python benchmarks/e2e.py --tiny                   # seconds on the CPU: proves the script
 """
 from __future__ import annotations
 
@@ -23,215 +26,260 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-import fastscore
-from fastscore.models import CondRefineNetDilated
-from fastscore.nn import CondInstanceNorm2d, CondInstanceNorm2dPlus, InstanceNorm2dPlus
-from fastscore.sampling import AnnealedLangevin
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ncsn_baseline  # noqa: E402
 
-NORMS = (CondInstanceNorm2dPlus, CondInstanceNorm2d, InstanceNorm2dPlus)
+import fastscore  # noqa: E402
+from fastscore.models import CondRefineNetDilated  # noqa: E402
+from fastscore.nn import CondInstanceNorm2dPlus  # noqa: E402
+from fastscore.sampling import AnnealedLangevin  # noqa: E402
 
-
-def set_norm_backend(model: torch.nn.Module, backend: str | None) -> None:
-    for module in model.modules():
-        if isinstance(module, NORMS):
-            module.backend = backend
+FULL_STEPS = 1000  # ncsn's CIFAR-10 sampling: 10 levels x 100 steps
 
 
-def geometric_sigmas(begin: float, end: float, n: int) -> torch.Tensor:
-    return torch.logspace(torch.log10(torch.tensor(begin)), torch.log10(torch.tensor(end)), n)
+class Figures:
+    """Every figure, printed when measured and kept for the JSON."""
+
+    def __init__(self, path: str | None):
+        self.data: dict = {}
+        self.path = path
+
+    def add(self, key: str, value, label: str) -> None:
+        self.data[key] = value
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"  {label:58} {shown}", flush=True)
+        self.save()
+
+    def save(self) -> None:
+        if self.path:
+            Path(self.path).write_text(json.dumps(self.data, indent=1, default=str))
 
 
-def build_pair(args, device):
-    """(reference, fast) models holding the same weights."""
+def build_models(args, device):
+    """(fast, baseline, oracle) holding the same weights."""
     kwargs = dict(channels=3, image_size=32, ngf=args.ngf, num_classes=args.levels)
     torch.manual_seed(0)
-    reference = CondRefineNetDilated(**kwargs).to(device)
-    # Non-trivial norm parameters so the comparison exercises gamma, alpha and beta.
-    with torch.no_grad():
-        for m in reference.modules():
-            if isinstance(m, NORMS) and hasattr(m, "embed"):
+    plain = CondRefineNetDilated(**kwargs).to(device)
+    with torch.no_grad():  # non-trivial norm parameters: gamma, alpha and beta all matter
+        for m in plain.modules():
+            if isinstance(m, CondInstanceNorm2dPlus):
                 m.embed.weight.normal_(1.0, 0.1)
-    set_norm_backend(reference, "torch")
+    baseline = ncsn_baseline.baseline_network(plain)
+    oracle = plain
+    for m in oracle.modules():
+        if isinstance(m, CondInstanceNorm2dPlus):
+            m.backend = "torch"
     fast = CondRefineNetDilated(**kwargs, fuse_norm_act=True).to(device)
-    fast.load_state_dict(reference.state_dict())
+    fast.load_state_dict(plain.state_dict())
     fast = fast.to(memory_format=torch.channels_last)
-    return reference, fast
+    return fast.eval(), baseline.eval(), oracle.eval()
 
 
-def timer(device):
-    def run(fn, warmup: int, iters: int) -> float:
-        """Median seconds per call."""
-        for _ in range(warmup):
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def seconds_per_call(fn, device, warmup: int, iters: int) -> float:
+    """Median seconds of one call (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
             fn()
-        times = []
-        for _ in range(iters):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-    return run
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def graphed(fn, device):
+    """fn captured in a CUDA graph: returns replay (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def autocast(device, dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    # No cast cache: a CUDA graph capture cannot keep autocast's cached weights.
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 @contextlib.contextmanager
-def peak_memory(device, record: dict, key: str):
+def peak_mib(device, figures: Figures, key: str):
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     yield
     if device.type == "cuda":
         torch.cuda.synchronize()
-        record[key] = torch.cuda.max_memory_allocated() / 2**20
-
-
-def autocast(device, dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    # No cast cache: CUDA graph capture (the fast sampler) cannot keep autocast's cached weights.
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
-
-
-def ncsn_dsm_loss(model, x, labels, sigmas, anneal_power=2.0):
-    """ermongroup/ncsn's anneal_dsm_score_estimation, as its code computes it."""
-    used = sigmas[labels].view(x.shape[0], *([1] * (x.dim() - 1)))
-    perturbed = x + torch.randn_like(x) * used
-    target = -1 / used**2 * (perturbed - x)
-    scores = model(perturbed, labels)
-    loss = 0.5 * ((scores - target) ** 2).reshape(x.shape[0], -1).sum(-1) * used.squeeze() ** anneal_power
-    return loss.mean()
-
-
-def fast_dsm_loss(model, x, labels, sigmas, seed, offset):
-    used = sigmas[labels]
-    perturbed = fastscore.perturb(x, used, seed, offset)
-    return fastscore.dsm_loss(model(perturbed, labels).float(), used, seed, offset)
+        figures.add(key, torch.cuda.max_memory_allocated() / 2**20, f"{key} (MiB)")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", help="write every figure here")
+    p.add_argument("--json", help="write every figure here (rewritten after each one)")
     p.add_argument("--tiny", action="store_true", help="small sizes for a quick CPU check of the script")
     p.add_argument("--ngf", type=int, default=128)
     p.add_argument("--levels", type=int, default=10)
     p.add_argument("--batch", type=int, default=100, help="forward and sampling batch")
     p.add_argument("--train-batch", type=int, default=128)
-    p.add_argument("--steps-each", type=int, default=100, help="Langevin steps per level (x levels = total)")
-    p.add_argument("--ref-steps", type=int, default=50, help="reference sampling steps timed, then scaled")
+    p.add_argument("--sample-steps", type=int, default=200, help="Langevin steps timed, then scaled to 1,000")
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--skip", default="", help="comma-separated parts to leave out: forward,sampling,train,profile")
     args = p.parse_args(argv)
     if args.tiny:
-        args.ngf, args.batch, args.train_batch, args.steps_each, args.ref_steps, args.iters = 8, 4, 4, 2, 4, 2
+        args.ngf, args.batch, args.train_batch, args.sample_steps, args.iters = 8, 4, 4, 4, 2
+        args.levels = 2
+    skip = set(filter(None, args.skip.split(",")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    time_it = timer(device)
-    results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                     "torch": torch.__version__, "args": vars(args), "backends": fastscore.backends()}
-    try:
-        import triton
-        results["triton"] = triton.__version__
-    except ImportError:
-        results["triton"] = None
+    fig = Figures(args.json)
+    fig.data.update(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                    torch=torch.__version__, args=vars(args), backends=fastscore.backends())
+    print(f"{fig.data['device']}, torch {torch.__version__}; fast path: "
+          f"{fastscore.dispatch.resolve_name(None, device)} backend; baseline: ncsn eager fp32", flush=True)
 
-    reference, fast = build_pair(args, device)
-    sigmas = geometric_sigmas(1.0, 0.01, args.levels).to(device)
-    n_steps = args.levels * args.steps_each
-    g = torch.Generator(device="cpu").manual_seed(1)
+    fast, baseline, oracle = build_models(args, device)
+    sigmas = torch.logspace(0, -2, args.levels).tolist()   # 1 .. 0.01, geometric (ncsn's CIFAR-10 ladder)
+    sigmas_t = torch.tensor(sigmas, device=device)
+    g = torch.Generator().manual_seed(1)
     x = torch.rand(args.batch, 3, 32, 32, generator=g).to(device)
     labels = torch.randint(0, args.levels, (args.batch,), generator=g).to(device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
-    # Agreement first (float32, same seed): fast path vs reference path, short run.
+    print("agreement", flush=True)
+    with torch.no_grad():
+        a, b = baseline(x, labels), oracle(x, labels)
+    fig.add("baseline_vs_oracle_forward_rel_l2", ((a - b).norm() / b.norm()).item(),
+            "baseline vs oracle forward, float32, relative L2")
     short = dict(n_steps_each=2, step_lr=2e-5)
-    ref_sampler = AnnealedLangevin(reference, sigmas[:2], **short, backend="torch")
-    fast_sampler = AnnealedLangevin(fast, sigmas[:2], **short)
-    a = ref_sampler.sample(x.clone(), seed=7, progress=False)
-    b = fast_sampler.sample(x_cl.clone(), seed=7, progress=False)
-    results["agreement"] = {"max_abs_diff": (a - b).abs().max().item(),
-                            "rel_l2": ((a - b).norm() / a.norm()).item(), "steps": 4}
+    a = AnnealedLangevin(oracle, sigmas[:2], **short, backend="torch").sample(x.clone(), seed=7, progress=False)
+    b = AnnealedLangevin(fast, sigmas[:2], **short).sample(x_cl.clone(), seed=7, progress=False)
+    fig.add("fast_vs_oracle_sampling_rel_l2", ((a - b).norm() / a.norm()).item(),
+            "fast vs oracle, 4 Langevin steps float32 same seed, relative L2")
 
-    for dtype_name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        row = results.setdefault(dtype_name, {})
-        with torch.no_grad():
-            for name, model, inp in (("reference", reference, x), ("fast", fast, x_cl)):
-                with peak_memory(device, row, f"forward_{name}_peak_mib"):
+    n_each = max(1, args.sample_steps // args.levels)
+    timed_steps = n_each * args.levels
+    scale = FULL_STEPS / timed_steps
+    with torch.no_grad():
+        if "forward" not in skip:
+            print(f"forward, batch {args.batch} (ms per forward)", flush=True)
+            runs = [("baseline", "float32", baseline, x), ("baseline", "bfloat16", baseline, x),
+                    ("fast", "float32", fast, x_cl), ("fast", "bfloat16", fast, x_cl)]
+            for name, dtype_name, model, inp in runs:
+                dtype = getattr(torch, dtype_name)
+
+                def forward(model=model, inp=inp, dtype=dtype):
                     with autocast(device, dtype):
-                        row[f"forward_{name}_ms"] = 1e3 * time_it(lambda: model(inp, labels), 3, args.iters)
+                        return model(inp, labels)
+                with peak_mib(device, fig, f"forward_{name}_{dtype_name}_peak"):
+                    ms = 1e3 * seconds_per_call(forward, device, 3, args.iters)
+                fig.add(f"forward_{name}_{dtype_name}_ms", ms, f"{name} {dtype_name} eager")
+                replay = graphed(forward, device)
+                if replay is not None:
+                    fig.add(f"forward_{name}_{dtype_name}_graph_ms", 1e3 * seconds_per_call(replay, device, 2, args.iters),
+                            f"{name} {dtype_name} graph-replayed")
 
-        ref_sampler = AnnealedLangevin(reference, sigmas, n_steps_each=args.steps_each, backend="torch")
-        fast_sampler = AnnealedLangevin(fast, sigmas, n_steps_each=args.steps_each)
-        steps_timed = min(args.ref_steps, n_steps)
-        with peak_memory(device, row, "sampling_reference_peak_mib"), autocast(device, dtype):
-            row_ref = time_it(lambda: _timed_steps(ref_sampler, x, labels, steps_timed), 0, 1)
-        row["sampling_reference_s"] = row_ref * n_steps / steps_timed
-        row["sampling_reference_extrapolated_from_steps"] = steps_timed
-        with peak_memory(device, row, "sampling_fast_peak_mib"), autocast(device, dtype):
-            row["sampling_fast_s"] = time_it(lambda: fast_sampler.sample(x_cl.clone(), seed=3, progress=False), 1, 1)
+        if "sampling" not in skip:
+            print(f"annealed Langevin, {args.batch} images: {timed_steps} steps timed, scaled to "
+                  f"{FULL_STEPS} (s per {FULL_STEPS} steps)", flush=True)
+            with peak_mib(device, fig, "sampling_baseline_float32_peak"):
+                t = seconds_per_call(lambda: ncsn_baseline.anneal_langevin_dynamics(
+                    x.clone(), baseline, sigmas_t, n_each), device, 0, 1)
+            fig.add("sampling_baseline_float32_s", t * scale, f"baseline float32 ({timed_steps} steps x {scale:g})")
+            for dtype_name in ("float32", "bfloat16"):
+                sampler = AnnealedLangevin(fast, sigmas, n_steps_each=n_each)
+                with peak_mib(device, fig, f"sampling_fast_{dtype_name}_peak"), autocast(device, getattr(torch, dtype_name)):
+                    t = seconds_per_call(lambda: sampler.sample(x_cl.clone(), seed=3, progress=False), device, 1, 1)
+                fig.add(f"sampling_fast_{dtype_name}_s", t * scale, f"fast {dtype_name} ({timed_steps} steps x {scale:g})")
 
-        for name, model in (("reference", reference), ("fast", fast)):
+    if "train" not in skip:
+        print(f"training step, batch {args.train_batch} (ms)", flush=True)
+        xb = torch.rand(args.train_batch, 3, 32, 32, generator=g).to(device)
+        lb = torch.randint(0, args.levels, (args.train_batch,), generator=g).to(device)
+        for name, dtype_name in (("baseline", "float32"), ("fast", "float32"), ("fast", "bfloat16")):
+            model = baseline if name == "baseline" else fast
             model.train()
-            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-            xb = torch.rand(args.train_batch, 3, 32, 32, generator=g).to(device)
-            lb = torch.randint(0, args.levels, (args.train_batch,), generator=g).to(device)
-            if name == "fast":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+            inp = xb if name == "baseline" else xb.contiguous(memory_format=torch.channels_last)
             offset = [0]
 
-            def train_step(model=model, opt=opt, xb=xb, lb=lb, name=name):
+            def step(model=model, opt=opt, inp=inp, name=name, dtype=getattr(torch, dtype_name)):
                 opt.zero_grad(set_to_none=True)
                 with autocast(device, dtype):
-                    if name == "reference":
-                        loss = ncsn_dsm_loss(model, xb, lb, sigmas)
+                    if name == "baseline":
+                        loss = ncsn_baseline.anneal_dsm_loss(model, inp, lb, sigmas_t)
                     else:
-                        loss = fast_dsm_loss(model, xb, lb, sigmas, 11, offset[0])
-                        offset[0] += xb.numel()
+                        used = sigmas_t[lb]
+                        perturbed = fastscore.perturb(inp, used, 11, offset[0])
+                        loss = fastscore.dsm_loss(model(perturbed, lb).float(), used, 11, offset[0])
+                        offset[0] += inp.numel()
                 loss.backward()
                 opt.step()
 
-            with peak_memory(device, row, f"train_{name}_peak_mib"):
-                row[f"train_{name}_ms"] = 1e3 * time_it(train_step, 2, max(2, args.iters // 2))
+            with peak_mib(device, fig, f"train_{name}_{dtype_name}_peak"):
+                fig.add(f"train_{name}_{dtype_name}_ms", 1e3 * seconds_per_call(step, device, 2, max(2, args.iters // 2)),
+                        f"{name} {dtype_name}")
             model.eval()
-        for key in ("forward", "train"):
-            row[f"{key}_speedup"] = row[f"{key}_reference_ms"] / row[f"{key}_fast_ms"]
-        row["sampling_speedup"] = row["sampling_reference_s"] / row["sampling_fast_s"]
 
-    print(f"{results['device']}, torch {results['torch']}, triton {results['triton']}")
-    print(f"agreement (float32, {results['agreement']['steps']} steps, same seed): "
-          f"max |fast - reference| = {results['agreement']['max_abs_diff']:.3g}, "
-          f"relative L2 = {results['agreement']['rel_l2']:.3g}")
-    print(f"{'dtype':9} {'what':28} {'reference':>12} {'fast':>12} {'speedup':>8}")
-    for dtype_name in ("float32", "bfloat16"):
-        row = results[dtype_name]
-        print(f"{dtype_name:9} {'forward, batch %d (ms)' % args.batch:28} {row['forward_reference_ms']:12.2f} "
-              f"{row['forward_fast_ms']:12.2f} {row['forward_speedup']:8.2f}")
-        print(f"{'':9} {'sampling, %d steps (s)' % n_steps:28} {row['sampling_reference_s']:12.2f} "
-              f"{row['sampling_fast_s']:12.2f} {row['sampling_speedup']:8.2f}")
-        print(f"{'':9} {'train step, batch %d (ms)' % args.train_batch:28} {row['train_reference_ms']:12.2f} "
-              f"{row['train_fast_ms']:12.2f} {row['train_speedup']:8.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2, default=str)
+    # Every speed-up is against the baseline's float32 eager figure of the same kind.
+    for what, base_key, fast_key in (("forward", "forward_baseline_float32_ms", "forward_fast_{}_ms"),
+                                     ("forward_graph", "forward_baseline_float32_ms", "forward_fast_{}_graph_ms"),
+                                     ("sampling", "sampling_baseline_float32_s", "sampling_fast_{}_s"),
+                                     ("train", "train_baseline_float32_ms", "train_fast_{}_ms")):
+        base = fig.data.get(base_key)
+        for dtype_name in ("float32", "bfloat16"):
+            fast_value = fig.data.get(fast_key.format(dtype_name))
+            if base and fast_value:
+                fig.add(f"speedup_{what}_{dtype_name}", base / fast_value,
+                        f"speed-up, {what.replace('_', ' ')} fast {dtype_name} vs baseline float32 eager (x)")
+
+    if "profile" not in skip:
+        profile(fast, x_cl, labels, device, fig)
+    fig.save()
     return 0
 
 
-def _timed_steps(sampler: AnnealedLangevin, x: torch.Tensor, labels: torch.Tensor, steps: int) -> None:
-    """`steps` reference Langevin updates at the first level's step size (the per-step cost is the same
-    at every level)."""
-    x = x.clone()
-    offset = 0
-    with torch.no_grad():
-        for _ in range(steps):
-            fastscore.langevin_step_(x, sampler.score(x, labels), sampler.step_sizes[0], 3, offset,
-                                     backend=sampler.backend)
-            offset += x.numel()
+def profile(model, x, labels, device, fig: Figures, rows: int = 20) -> None:
+    """torch.profiler's top kernels of one bfloat16 forward of the fast path."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.no_grad(), autocast(device, torch.bfloat16):
+        model(x, labels)
+        sync(device)
+        with torch_profile(activities=activities) as prof:
+            model(x, labels)
+            sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+    print(f"top {rows} of one bfloat16 forward of the fast path, by {sort}", flush=True)
+    print(table, flush=True)
+    fig.data["profile_bf16_forward"] = table
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import fastscore
 from fastscore import dispatch, reference
 from fastscore.noise import normal_stream
 
-from conftest import DEVICES, poisoned_empty, tolerances
+from conftest import DEVICES, poisoned_empty, requires_cuda, tolerances
 
 EXT_DEVICES = [
     pytest.param(d, marks=pytest.mark.skip(reason=f"ext on {d}: {r}")) if (r := dispatch.unavailable_reason("ext", d)) else d
@@ -204,7 +204,7 @@ def test_bad_inputs_are_rejected_in_cpp_naming_the_argument(device, call, messag
         call(device)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@requires_cuda
 def test_cuda_rejects_arguments_on_another_device():
     if dispatch.unavailable_reason("ext", "cuda"):
         pytest.skip(dispatch.unavailable_reason("ext", "cuda"))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import backend_params, requires_cuda
+from conftest import backend_params
 from fastscore.config import load_config
 from fastscore.models import (CondRefineNetDeeperDilated, CondRefineNetDilated, NCSNv2, NCSNv2Deeper,
                               build_model, load_ncsn_state_dict, ncsn_state_dict)
@@ -500,13 +500,16 @@ def test_outputs_equal_ncsn(arch):
     assert out.flatten()[index].tolist() == pytest.approx(values, rel=1e-9, abs=1e-12)
 
 
-@requires_cuda
+@pytest.mark.parametrize("backend,device", backend_params(names=("ext", "triton"), devices=["cuda"]))
 @pytest.mark.parametrize("fuse", [False, True])
-def test_cuda_forward_backward_matches_plain_torch_norm(fuse):
-    """On the GPU (auto backend: the fused kernels), with channels_last, against plain-PyTorch norms."""
+def test_cuda_forward_backward_matches_plain_torch_norm(fuse, backend, device):
+    """On the GPU, each fused backend, with channels_last, against plain-PyTorch norms."""
     torch.manual_seed(9)
     model = CondRefineNetDilated(channels=3, image_size=32, ngf=8, num_classes=5, fuse_norm_act=fuse)
     _randomize_norms(model)
+    for module in model.modules():
+        if isinstance(module, CondInstanceNorm2dPlus):
+            module.backend = backend
     model = model.cuda().to(memory_format=torch.channels_last)
     plain = with_plain_norms(model)
     x, y = _inputs(4, 3, 32, 5)

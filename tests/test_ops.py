@@ -10,7 +10,7 @@ import torch
 import fastscore
 from fastscore import reference
 
-from conftest import backend_params, poisoned_empty, tolerances
+from conftest import backend_params, poisoned_empty, reference_norm, tolerances
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NORM_SHAPES = [(2, 3, 5, 7), (1, 1, 4, 4), (3, 4, 1, 1), (2, 5, 33, 17), (1, 2, 3, 3)]
@@ -28,10 +28,11 @@ def make(shape, dtype, device, memory_format=torch.contiguous_format, scale=1.0,
     return t.to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
 
 
-def assert_close(got, want, dtype, name):
+def assert_close(got, want, dtype, name, extra_atol=0.0):
     rtol, atol = tolerances(dtype)
     assert not torch.isnan(got).any(), f"{name} has NaN (unwritten elements?)"
-    torch.testing.assert_close(got.double().cpu(), want.double().cpu(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(got.double().cpu(), want.double().cpu(), rtol=rtol, atol=atol + extra_atol,
+                               msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -56,23 +57,28 @@ def test_norm_forward_backward(backend, device, dtype, channels_last, activation
             y = fastscore.cond_instance_norm_plus(x, gamma, alpha, beta, activation=activation, backend=backend)
         assert y.dtype == dtype and y.shape == x.shape
         assert y.is_contiguous(memory_format=fmt), "y must keep x's memory format"
-        ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
-        rx, rg, ra = ref_inputs[:3]
-        rb = ref_inputs[3] if beta is not None else None
-        y_ref = reference.cond_instance_norm_plus(rx, rg, ra, rb, 1e-5, activation)
-        assert_close(y, y_ref, dtype, f"y {shape}")
-
         grad_out = make(shape, dtype, device, fmt)
+        y_ref, grads_ref = reference_norm(inputs, beta is not None, activation, grad_out, torch.float64)
+        y_32, grads_32 = reference_norm(inputs, beta is not None, activation, grad_out, torch.float32)
+        # Where the inputs are ill-conditioned, allow twice the error of the reference run in float32.
+        assert_close(y, y_ref, dtype, f"y {shape}", 2 * (y_32 - y_ref).abs().max().item())
+
         with poisoned_empty():
-            grads = torch.autograd.grad(y, inputs, grad_out)
-        grads_ref = torch.autograd.grad(y_ref, ref_inputs, grad_out.double())
+            grads = list(torch.autograd.grad(y, inputs, grad_out))
+        if activation == "relu":
+            # At ReLU's kink the derivative flips between 0 and gamma * rstd when rounding moves the
+            # pre-activation across 0: those few elements of dx are no test of the kernel.
+            pre, _ = reference_norm(inputs, beta is not None, None, grad_out, torch.float64)
+            kink = pre.abs() < 1e-4 * pre.abs().max()
+            grads[0] = torch.where(kink, 0, grads[0])
+            grads_ref[0] = torch.where(kink, 0, grads_ref[0])
         # dx carries 1/sqrt(var + eps) (316 when a plane is constant, as with H*W = 1) times a difference
         # of terms that cancel: float32 rounding grows with that factor. Parameter grads are sums over
         # N*H*W terms. Scale each tolerance accordingly.
-        rstd_max = (rx.detach().var((2, 3), unbiased=False) + 1e-5).rsqrt().max().item()
-        for name, g, g_ref in zip(("dx", "dgamma", "dalpha", "dbeta"), grads, grads_ref):
+        rstd_max = (x.detach().double().var((2, 3), unbiased=False) + 1e-5).rsqrt().max().item()
+        for name, g, g_ref, g_32 in zip(("dx", "dgamma", "dalpha", "dbeta"), grads, grads_ref, grads_32):
             scale = max(1.0, rstd_max / 10) if name == "dx" else max(1.0, g_ref.abs().max().item())
-            assert_close(g / scale, g_ref / scale, dtype, f"{name} {shape}")
+            assert_close(g / scale, g_ref / scale, dtype, f"{name} {shape}", 2 * (g_32 - g_ref).abs().max().item() / scale)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())

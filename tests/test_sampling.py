@@ -20,7 +20,8 @@ class GaussianScore(torch.nn.Module):
     def __init__(self, sigmas, mu=0.7, s0=0.5):
         super().__init__()
         self.register_buffer("sigmas", torch.as_tensor(sigmas, dtype=torch.float64))
-        self.mu, self.s0 = mu, s0
+        self.register_buffer("mu", torch.tensor(mu))  # moves with .cuda()
+        self.s0 = s0
         self.calls = []
 
     def forward(self, x, labels):

@@ -17,7 +17,7 @@ import fastscore
 from fastscore import dispatch, reference
 from fastscore.noise import normal_stream
 
-from conftest import DEVICES, poisoned_empty, tolerances
+from conftest import DEVICES, poisoned_empty, reference_norm, tolerances
 
 TRITON_DEVICES = [
     pytest.param(d, marks=[pytest.mark.skip(reason=f"triton on {d}: {r}")] if r else [])
@@ -45,31 +45,34 @@ def rand(shape, device, dtype=torch.float32, scale=1.0, shift=0.0, fmt=torch.con
     return t.to(device=device, dtype=dtype).contiguous(memory_format=fmt)
 
 
-def assert_close(got, want, dtype, name):
+def assert_close(got, want, dtype, name, extra_atol=0.0):
     rtol, atol = tolerances(dtype)
     assert not torch.isnan(got).any(), f"{name} has NaN (unwritten elements?)"
-    torch.testing.assert_close(got.double().cpu(), want.double().cpu(), rtol=rtol, atol=atol,
+    torch.testing.assert_close(got.double().cpu(), want.double().cpu(), rtol=rtol, atol=atol + extra_atol,
                                msg=lambda m: f"{name}: {m}")
 
 
 def check_norm(x, gamma, alpha, beta, activation, name):
-    """Forward and all grads of the triton norm against the float64 reference."""
+    """Forward and all grads of the triton norm against the float64 reference.
+
+    Where the inputs make the op ill-conditioned (channel means nearly equal next to their size, so
+    muhat = (mu - m) / sqrt(v + eps) amplifies the rounding of mu), no float32 code meets a fixed
+    tolerance: each comparison also allows twice the error of the reference itself run in float32."""
     inputs = [t.requires_grad_() for t in (x, gamma, alpha, beta) if t is not None]
     with poisoned_empty():
         y = fastscore.cond_instance_norm_plus(x, gamma, alpha, beta, activation=activation, backend="triton")
-    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
-    rb = ref_inputs[3] if beta is not None else None
-    y_ref = reference.cond_instance_norm_plus(*ref_inputs[:3], rb, 1e-5, activation)
     assert y.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
-    assert_close(y, y_ref, x.dtype, f"y {name}")
     dy = rand(x.shape, x.device, x.dtype)
+    y_ref, grads_ref = reference_norm(inputs, beta is not None, activation, dy, torch.float64)
+    y_32, grads_32 = reference_norm(inputs, beta is not None, activation, dy, torch.float32)
+    assert_close(y, y_ref, x.dtype, f"y {name}", 2 * (y_32 - y_ref).abs().max().item())
     with poisoned_empty():
         grads = torch.autograd.grad(y, inputs, dy)
-    grads_ref = torch.autograd.grad(y_ref, ref_inputs, dy.double())
-    for gname, t, g, g_ref in zip(("dx", "dgamma", "dalpha", "dbeta"), inputs, grads, grads_ref):
+    for gname, t, g, g_ref, g_32 in zip(("dx", "dgamma", "dalpha", "dbeta"), inputs, grads, grads_ref, grads_32):
         assert g.dtype == t.dtype and g.shape == t.shape, gname
         scale = max(1.0, g_ref.abs().max().item())
-        assert_close(g / scale, g_ref / scale, x.dtype, f"{gname} {name}")
+        assert_close(g / scale, g_ref / scale, x.dtype, f"{gname} {name}",
+                     2 * (g_32 - g_ref).abs().max().item() / scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,11 +147,12 @@ def test_norm_large_plane_loop_with_small_tile(k, device, channels_last, ranges,
     monkeypatch.setattr(nm, "SAMPLE_TILE", 0)  # no one-pass kernels: the split path
     monkeypatch.setattr(nm, "TILE", 16)
     monkeypatch.setattr(nm, "CHANNELS_LAST_PLANES", 4)
-    monkeypatch.setattr(nm, "TARGET_PROGRAMS", 12 if ranges else 1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     shape = (2, 3, 9, 7) if device == "cpu" else (3, 33, 67, 45)
     p, hw = shape[0] * shape[1], shape[2] * shape[3]
     block_p, block_hw = nm._blocks(p, shape[1], hw, channels_last)
+    # A target of two programs per plane block splits each plane into ranges; 1 never splits.
+    monkeypatch.setattr(nm, "TARGET_PROGRAMS", 2 * -(-p // block_p) if ranges else 1)
     splits, split_len = nm._splits(p, hw, block_p, block_hw)
     assert split_len > block_hw, "each range must loop over several chunks"
     assert (splits > 1) == ranges
