@@ -1,16 +1,19 @@
-"""The `fastscore` command line: one subcommand per job, each with --help."""
+"""The `fastscore` command line: one subcommand per job, each with --help.
+
+torch is imported only once the arguments are parsed, so --help and argument errors answer at once.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-import torch
-
-import fastscore
-
 
 def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    import fastscore
+
     print(f"fastscore {fastscore.__version__}, torch {torch.__version__}"
           f" (CUDA {torch.version.cuda or 'none'}), python {sys.version.split()[0]}")
     if torch.cuda.is_available():
@@ -252,12 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from fastscore.config import ConfigError
     from fastscore.data import DataUnavailable
     from fastscore.dispatch import BackendUnavailable
     from fastscore.training import DeviceUnavailable
 
-    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, DataUnavailable, BackendUnavailable, DeviceUnavailable, FileNotFoundError) as exc:

@@ -1,6 +1,7 @@
 """train, sample, inpaint and demo end to end through the command line, at tiny sizes."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -79,10 +80,19 @@ def test_inpaint_keeps_the_known_half(run_dir, tmp_path):
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("torchvision")
     code = main(["train", "--config", "cifar10", "--workdir", str(tmp_path / "w"), "--data-root",
                  str(tmp_path), "--quiet"])
     assert code == 2
     assert "never downloads" in capsys.readouterr().err
+
+
+def test_missing_torchvision_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
+    code = main(["train", "--config", "cifar10", "--workdir", str(tmp_path / "w"), "--data-root",
+                 str(tmp_path), "--quiet"])
+    assert code == 2
+    assert "pip install torchvision" in capsys.readouterr().err
 
 
 def test_bad_override_is_an_error(tmp_path):

@@ -1,5 +1,6 @@
 """The bundled MNIST subset, the fixed split, batch order as a function of (seed, step), preprocessing."""
 import itertools
+import sys
 
 import pytest
 import torch
@@ -95,8 +96,19 @@ def test_preprocess_dequantize_flip_logit():
 
 
 def test_missing_local_dataset_says_what_to_do(tmp_path):
+    pytest.importorskip("torchvision")
     with pytest.raises(data.DataUnavailable, match="never downloads"):
         data.get_dataset(data.DataSpec(name="cifar10", root=str(tmp_path), image_size=32))
+
+
+def test_missing_torchvision_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision now raises ImportError
+    with pytest.raises(data.DataUnavailable, match="pip install torchvision.*bundled"):
+        data.get_dataset(data.DataSpec(name="cifar10", root=str(tmp_path), image_size=32))
+
+
+def test_bad_dataset_arguments_need_no_torchvision(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)
     with pytest.raises(data.DataUnavailable, match="--data-root"):
         data.get_dataset(data.DataSpec(name="mnist", root=None))
     with pytest.raises(data.DataUnavailable, match="existing directory"):
