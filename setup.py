@@ -21,7 +21,7 @@ PACKAGE_DIR = {"fastscore.kernels": "kernels", "fastscore.csrc": "csrc"}
 
 
 def _load_build_helpers():
-    spec = importlib.util.spec_from_file_location("_fastscore_build", ROOT / "fastscore" / "_build.py")
+    spec = importlib.util.spec_from_file_location("_fastscore_build", ROOT / "fastscore" / "backend" / "_build.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -29,8 +29,8 @@ def _load_build_helpers():
 
 PACKAGE_DATA = {
     "fastscore": ["assets/*", "configs/*.yml", "configs/*.yaml"],
-    # Every source and header under csrc/, as fastscore/_build.py finds and hashes them: the installed
-    # copy must hash the same for the installed fastscore._C to be accepted.
+    # Every source and header under csrc/, as fastscore/backend/_build.py finds and hashes them: the
+    # installed copy must hash the same for the installed fastscore._C to be accepted.
     "fastscore.csrc": [f"**/*{suffix}" for suffix in _load_build_helpers().SOURCE_SUFFIXES],
 }
 

@@ -12,7 +12,7 @@ import collections
 import pytest
 import torch
 
-from fastscore import dispatch
+from fastscore.backend import dispatch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # group -> implementation -> (median seconds, bytes moved or 0)

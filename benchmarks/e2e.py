@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     fig.data.update(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                     torch=torch.__version__, args=vars(args), backends=fastscore.backends())
     print(f"{fig.data['device']}, torch {torch.__version__}; fast path: "
-          f"{fastscore.dispatch.resolve_name(None, device)} backend; baseline: ncsn eager fp32", flush=True)
+          f"{fastscore.backend.dispatch.resolve_name(None, device)} backend; baseline: ncsn eager fp32", flush=True)
 
     fast, baseline, oracle = build_models(args, device)
     sigmas = torch.logspace(0, -2, args.levels).tolist()   # 1 .. 0.01, geometric (ncsn's CIFAR-10 ladder)
@@ -200,8 +200,8 @@ def main(argv=None) -> int:
                 fig.add(f"forward_{name}_{dtype_name}_ms", ms, f"{name} {dtype_name} eager")
                 replay = graphed(forward, device)
                 if replay is not None:
-                    fig.add(f"forward_{name}_{dtype_name}_graph_ms", 1e3 * seconds_per_call(replay, device, 2, args.iters),
-                            f"{name} {dtype_name} graph-replayed")
+                    ms = 1e3 * seconds_per_call(replay, device, 2, args.iters)
+                    fig.add(f"forward_{name}_{dtype_name}_graph_ms", ms, f"{name} {dtype_name} graph-replayed")
 
         if "sampling" not in skip:
             print(f"annealed Langevin, {args.batch} images: {timed_steps} steps timed, scaled to "
@@ -212,9 +212,12 @@ def main(argv=None) -> int:
             fig.add("sampling_baseline_float32_s", t * scale, f"baseline float32 ({timed_steps} steps x {scale:g})")
             for dtype_name in ("float32", "bfloat16"):
                 sampler = AnnealedLangevin(fast, sigmas, n_steps_each=n_each)
-                with peak_mib(device, fig, f"sampling_fast_{dtype_name}_peak"), autocast(device, getattr(torch, dtype_name)):
-                    t = seconds_per_call(lambda: sampler.sample(x_cl.clone(), seed=3, progress=False), device, 1, 1)
-                fig.add(f"sampling_fast_{dtype_name}_s", t * scale, f"fast {dtype_name} ({timed_steps} steps x {scale:g})")
+                with (peak_mib(device, fig, f"sampling_fast_{dtype_name}_peak"),
+                      autocast(device, getattr(torch, dtype_name))):
+                    t = seconds_per_call(lambda sampler=sampler: sampler.sample(x_cl.clone(), seed=3, progress=False),
+                                         device, 1, 1)
+                fig.add(f"sampling_fast_{dtype_name}_s", t * scale,
+                        f"fast {dtype_name} ({timed_steps} steps x {scale:g})")
 
     if "train" not in skip:
         print(f"training step, batch {args.train_batch} (ms)", flush=True)
@@ -226,8 +229,9 @@ def main(argv=None) -> int:
             opt = torch.optim.Adam(model.parameters(), lr=1e-5)
             inp = xb if name == "baseline" else xb.contiguous(memory_format=torch.channels_last)
             offset = [0]
+            dtype = getattr(torch, dtype_name)
 
-            def step(model=model, opt=opt, inp=inp, name=name, dtype=getattr(torch, dtype_name)):
+            def step(model=model, opt=opt, inp=inp, name=name, dtype=dtype, offset=offset):
                 opt.zero_grad(set_to_none=True)
                 with autocast(device, dtype):
                     if name == "baseline":
@@ -241,8 +245,8 @@ def main(argv=None) -> int:
                 opt.step()
 
             with peak_mib(device, fig, f"train_{name}_{dtype_name}_peak"):
-                fig.add(f"train_{name}_{dtype_name}_ms", 1e3 * seconds_per_call(step, device, 2, max(2, args.iters // 2)),
-                        f"{name} {dtype_name}")
+                ms = 1e3 * seconds_per_call(step, device, 2, max(2, args.iters // 2))
+                fig.add(f"train_{name}_{dtype_name}_ms", ms, f"{name} {dtype_name}")
             model.eval()
 
     # Every speed-up is against the baseline's float32 eager figure of the same kind.

@@ -32,10 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fastscore.backend import dispatch  # noqa: E402
+
 from op_cases import FUSED, Case, cases  # noqa: E402
-
-from fastscore import dispatch  # noqa: E402
-
 
 # ---- timing ---------------------------------------------------------------------------------------
 

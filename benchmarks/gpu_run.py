@@ -103,7 +103,8 @@ class Run:
         stage = LIMITS[name]
         return min(stage.dry_limit if self.dry else stage.limit, self.deadline - time.monotonic())
 
-    def run(self, name: str, cmd: list[str], log: Path, limit: float, env: dict | None = None) -> tuple[int | None, float]:
+    def run(self, name: str, cmd: list[str], log: Path, limit: float,
+            env: dict | None = None) -> tuple[int | None, float]:
         """Run cmd in its own process group with output to log; kill the whole group at the limit.
         Returns (exit code or None when killed, seconds)."""
         t0 = time.monotonic()
@@ -206,7 +207,8 @@ class Run:
         """Wait for the background compile (within its limit and the budget) and check what it made."""
         proc = self.build_proc
         self.build_proc = None
-        remaining = (LIMITS["build"].dry_limit if self.dry else LIMITS["build"].limit) - (time.monotonic() - self.build_started)
+        limit = LIMITS["build"].dry_limit if self.dry else LIMITS["build"].limit
+        remaining = limit - (time.monotonic() - self.build_started)
         try:
             rc = proc.wait(timeout=max(1.0, min(remaining, self.deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
@@ -240,7 +242,8 @@ class Run:
         """None when this build loads here with CUDA kernels for this GPU (on the CPU in the dry run)."""
         env_code = f"import os; os.environ['FASTSCORE_EXT'] = {str(so)!r}\n"
         device = "cpu" if self.dry else "cuda"
-        out = self.py(env_code + f"from fastscore import dispatch; print('why:', dispatch.unavailable_reason('ext', '{device}'))")
+        out = self.py(env_code + "from fastscore.backend import dispatch; "
+                      f"print('why:', dispatch.unavailable_reason('ext', '{device}'))")
         last = out.splitlines()[-1] if out else "no output"
         return None if last == "why: None" else last.removeprefix("why: ")
 
@@ -283,7 +286,8 @@ class Run:
         with self.summary.open("a") as f:
             f.write("\n".join(lines) + "\n")
         n = len(json.loads(figures.read_text())) if figures.is_file() else 0
-        return f"{status(rc)} in {secs:.0f}s: {n} figures" + ("" if rc == 0 else f"; last line: {lines[-1] if lines else '-'}")
+        tail = "" if rc == 0 else f"; last line: {lines[-1] if lines else '-'}"
+        return f"{status(rc)} in {secs:.0f}s: {n} figures{tail}"
 
     # ---- the plan ----------------------------------------------------------------------------------
 
@@ -339,7 +343,7 @@ class Run:
             kill_group(proc)
 
 
-DESCRIBE = "from fastscore import extension; print(extension.describe())"
+DESCRIBE = "from fastscore.backend import ext as extension; print(extension.describe())"
 
 
 def kill_group(proc: subprocess.Popen) -> None:

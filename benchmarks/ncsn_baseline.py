@@ -13,7 +13,7 @@ runners/anneal_runner.py), operation for operation, with `torch.randn_like` nois
     baseline_network                fastscore's CondRefineNetDilated (ncsn's architecture, plain torch
                                     layers) with every norm replaced by ncsn's module, same weights
 
-fastscore's own torch backend (fastscore.reference) is the correctness oracle, never this. Benchmarks
+fastscore's own torch backend (fastscore.backend.reference) is the correctness oracle, never this. Benchmarks
 time this code, and torch.compile of it, in the same process as fastscore's kernels.
 """
 from __future__ import annotations

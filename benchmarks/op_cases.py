@@ -10,9 +10,9 @@ and the bytes the op must move at least (each tensor it touches counted once).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -75,7 +75,8 @@ def dsm_pair_case(shape, device) -> Case:
 
     def make(impl):
         if impl in ("baseline", "compiled"):
-            pair = ncsn_baseline.dsm_pair if impl == "baseline" else torch.compile(ncsn_baseline.dsm_pair, dynamic=False)
+            pair = (ncsn_baseline.dsm_pair if impl == "baseline"
+                    else torch.compile(ncsn_baseline.dsm_pair, dynamic=False))
 
             def step():
                 _, loss = pair(x, scores, sigma)

@@ -1,5 +1,5 @@
 // Argument checks shared by the CPU and CUDA implementations. Every message starts with the op's
-// name and names the offending argument, so a bad call through torch.ops.fastscore.* (which skips
+// name and names the offending argument, so a direct call of torch.ops.fastscore_ext.* (which skips
 // the Python checks of fastscore.ops) still fails clearly instead of crashing or reading out of bounds.
 #pragma once
 

@@ -69,8 +69,9 @@ FS_HD_NM void forward_coeffs(const acc_t* mu, const acc_t* rstd, int64_t C, doub
   }
 }
 
-// Backward of one sample from the plane sums S1, S2 (dgamma = S2 + alpha muhat S1, dalpha = gamma muhat S1): per-channel parameter grads of this sample
-// (dgamma, dalpha, dbeta) and the coefficients (c1, c2, c3) of dx. `hw` is H * W.
+// Backward of one sample from the plane sums S1, S2 (dgamma = S2 + alpha muhat S1, dalpha = gamma muhat S1,
+// dbeta = S1): per-channel parameter grads of this sample and the coefficients (c1, c2, c3) of dx.
+// `hw` is H * W. dbeta may be null (no beta: nothing to write).
 template <typename acc_t, typename param_t>
 FS_HD_NM void backward_coeffs(const acc_t* mu, const acc_t* rstd, const acc_t* S1, const acc_t* S2, int64_t C,
                               int64_t hw, double eps, SampleParams<param_t> p, acc_t* dgamma, acc_t* dalpha,
@@ -91,7 +92,7 @@ FS_HD_NM void backward_coeffs(const acc_t* mu, const acc_t* rstd, const acc_t* S
     const acc_t a = static_cast<acc_t>(p.alpha[c]);
     const acc_t d = mu[c] - cc.m;
     const acc_t muhat = d * cc.s;
-    dbeta[c] = S1[c];
+    if (dbeta) dbeta[c] = S1[c];
     dgamma[c] = S2[c] + a * muhat * S1[c];  // h = xhat + alpha * muhat
     dalpha[c] = g * muhat * S1[c];
     const acc_t dmu = C > 1 ? cc.s * (a * g * S1[c] - mean_dm) - d * s3_dot : acc_t(0);

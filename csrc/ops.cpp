@@ -1,9 +1,13 @@
-// The op library: the schemas of torch.ops.fastscore.* (one TORCH_LIBRARY for every device) and the
-// tensor-level half of every CPU op (argument checks, dtype conversion, allocation, the dispatch on
+// The op library: the schemas of torch.ops.fastscore_ext.* (one TORCH_LIBRARY for every device) and
+// the tensor-level half of every CPU op (argument checks, dtype conversion, allocation, the dispatch on
 // x's dtype), registered for the CPU dispatch key. The CPU loops are in cpu/*.cpp, behind the raw
 // pointer interface of cpu/kernels.h; the CUDA ops register themselves in cuda/*.cu.
-// fastscore/extension.py adds autograd and fake (meta) kernels in Python with
-// torch.library.register_autograd / register_fake.
+//
+// The ops are the backend primitives of fastscore/backend/protocol.py, one schema for every device:
+// they compute and nothing more. The public ops (torch.ops.fastscore.*, fastscore/ops/) check their
+// inputs, differentiate, sum per-sample parameter gradients for shared parameters and reduce losses;
+// fastscore/backend/ext.py adds fake (meta) kernels. The checks here stay, so a direct call of
+// torch.ops.fastscore_ext.* with bad arguments fails with a message instead of reading out of bounds.
 //
 // This is the one C++ translation unit that parses the tensor and dispatcher headers (torch/library.h);
 // the kernels' translation units stay light and compile in parallel with it (cpu/kernels.h).
@@ -19,17 +23,19 @@
 #include "checks.h"
 #include "cpu/kernels.h"
 
-TORCH_LIBRARY(fastscore, m) {
+TORCH_LIBRARY(fastscore_ext, m) {
   // y, and the float32 (float64 for float64 x) per-plane mean and 1 / sqrt(var + eps) kept for backward.
-  m.def("cond_instance_norm_plus(Tensor x, Tensor gamma, Tensor alpha, Tensor? beta, float eps, int activation)"
+  m.def("norm_forward(Tensor x, Tensor gamma, Tensor alpha, Tensor? beta, float eps, int activation)"
         " -> (Tensor, Tensor, Tensor)");
-  // dx, dgamma, dalpha, dbeta (dbeta shaped like gamma when beta is None).
-  m.def("cond_instance_norm_plus_backward(Tensor grad_y, Tensor x, Tensor gamma, Tensor alpha, Tensor? beta,"
+  // dx, and dgamma, dalpha, dbeta per sample: (N, C) in the arithmetic dtype whatever the parameters'
+  // shapes (the caller sums over N for (C,) parameters). Without beta, dbeta is an empty tensor.
+  m.def("norm_backward(Tensor grad_y, Tensor x, Tensor gamma, Tensor alpha, Tensor? beta,"
         " Tensor mean, Tensor rstd, float eps, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("perturb(Tensor x, Tensor sigma, int seed, int offset) -> Tensor");
   // Per-sample losses (N,), float32 (float64 for float64 scores); the reduction is done by the caller.
-  m.def("dsm_loss(Tensor scores, Tensor sigma, int seed, int offset, float anneal_power) -> Tensor");
-  m.def("dsm_loss_backward(Tensor grad, Tensor scores, Tensor sigma, int seed, int offset, float anneal_power)"
+  m.def("dsm_per_sample(Tensor scores, Tensor sigma, int seed, int offset, float anneal_power) -> Tensor");
+  // d scores for a gradient (N,) of the per-sample losses.
+  m.def("dsm_backward(Tensor grad, Tensor scores, Tensor sigma, int seed, int offset, float anneal_power)"
         " -> Tensor");
   // noise_scale < 0 means sqrt(2 step_size). The optional one-element tensors (on x's device) override
   // the numbers and are read by the kernel, never by the host: a captured CUDA graph can change them.
@@ -56,7 +62,7 @@ at::Tensor empty_like(const at::Tensor& x) {
   return at::_ops::empty_like::call(x, std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt);
 }
 
-// ---- cond_instance_norm_plus ----------------------------------------------------------------------
+// ---- norm_forward, norm_backward ----------------------------------------------------------------------
 
 Shape shape_of(const at::Tensor& x) {
   return {x.size(0), x.size(1), x.size(2) * x.size(3), use_channels_last(x)};
@@ -75,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cpu(const at::Tensor
                                                                 const at::Tensor& alpha_in,
                                                                 const c10::optional<at::Tensor>& beta_in, double eps,
                                                                 int64_t act) {
-  constexpr const char* op = "fastscore::cond_instance_norm_plus";
+  constexpr const char* op = "fastscore_ext::norm_forward";
   check_norm_x(op, x_in, eps, act);
   const at::Tensor gamma = checked_param(op, "gamma", gamma_in, x_in);
   const at::Tensor alpha = checked_param(op, "alpha", alpha_in, x_in);
@@ -100,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& alpha_in,
     const c10::optional<at::Tensor>& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in, double eps,
     int64_t act) {
-  constexpr const char* op = "fastscore::cond_instance_norm_plus_backward";
+  constexpr const char* op = "fastscore_ext::norm_backward";
   check_norm_x(op, x_in, eps, act);
   check_float_tensor(op, "grad_y", grad_y);
   TORCH_CHECK(grad_y.sizes() == x_in.sizes(), op, ": grad_y must have x's shape ", x_in.sizes(), ", got ",
@@ -130,28 +136,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cpu(
   at::Tensor dx = empty_like(x);
   auto nc = [&] { return empty({N, C}, acc); };
   at::Tensor scale = nc(), shift = nc(), S1 = nc(), S2 = nc(), c1 = nc(), c2 = nc(), c3 = nc();
-  at::Tensor dgamma = nc(), dalpha = nc(), dbeta = nc();
+  const bool has_beta = beta.has_value();
+  at::Tensor dgamma = nc(), dalpha = nc();
+  at::Tensor dbeta = has_beta ? nc() : empty({0}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "norm_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     norm_backward<scalar_t>({s, eps, act, x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
                              mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), scale.data_ptr<acc_t>(),
                              shift.data_ptr<acc_t>(), S1.data_ptr<acc_t>(), S2.data_ptr<acc_t>(), c1.data_ptr<acc_t>(),
                              c2.data_ptr<acc_t>(), c3.data_ptr<acc_t>(), dgamma.data_ptr<acc_t>(),
-                             dalpha.data_ptr<acc_t>(), dbeta.data_ptr<acc_t>(),
+                             dalpha.data_ptr<acc_t>(), has_beta ? dbeta.data_ptr<acc_t>() : nullptr,
                              norm_params<acc_t>(gamma, alpha, beta, C)});
   });
-  // Per-sample parameter grads, summed over N for shared (C,) parameters, in each parameter's dtype.
-  auto reduce = [](const at::Tensor& g, const at::Tensor& like) {
-    return (like.dim() == 1 ? g.sum(0) : g).to(like.scalar_type());
-  };
-  at::Tensor dbeta_out = beta_in.has_value() && beta_in->defined() ? reduce(dbeta, *beta_in) : reduce(dbeta, gamma_in);
-  return {dx, reduce(dgamma, gamma_in), reduce(dalpha, alpha_in), dbeta_out};
+  return {dx, dgamma, dalpha, dbeta};
 }
 
 // ---- noise ops --------------------------------------------------------------------------------------
 
 void normal_cpu(at::Tensor out, int64_t seed, int64_t offset) {
-  constexpr const char* op = "fastscore::normal_";
+  constexpr const char* op = "fastscore_ext::normal_";
   check_float_tensor(op, "out", out);
   check_seed_offset(op, seed, offset, out.numel());
   if (out.numel() == 0) return;
@@ -163,7 +166,7 @@ void normal_cpu(at::Tensor out, int64_t seed, int64_t offset) {
 }
 
 at::Tensor perturb_cpu(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset) {
-  constexpr const char* op = "fastscore::perturb";
+  constexpr const char* op = "fastscore_ext::perturb";
   check_float_tensor(op, "x", x_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, x_in, "x");
   check_seed_offset(op, seed, offset, x_in.numel());
@@ -177,9 +180,9 @@ at::Tensor perturb_cpu(const at::Tensor& x_in, const at::Tensor& sigma_in, int64
   return out;
 }
 
-at::Tensor dsm_loss_cpu(const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
+at::Tensor dsm_per_sample_cpu(const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
                         double power) {
-  constexpr const char* op = "fastscore::dsm_loss";
+  constexpr const char* op = "fastscore_ext::dsm_per_sample";
   check_float_tensor(op, "scores", scores_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
   check_seed_offset(op, seed, offset, scores_in.numel());
@@ -187,7 +190,7 @@ at::Tensor dsm_loss_cpu(const at::Tensor& scores_in, const at::Tensor& sigma_in,
   const at::Tensor scores = scores_in.contiguous();
   const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
   at::Tensor loss = empty({n_samples}, scores.options().dtype(acc_dtype(scores.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_loss_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_per_sample_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     dsm_loss_kernel(scores.data_ptr<scalar_t>(), sigma.data_ptr<acc_t>(), loss.data_ptr<acc_t>(), n_samples, d, seed,
                     offset, power);
@@ -195,9 +198,9 @@ at::Tensor dsm_loss_cpu(const at::Tensor& scores_in, const at::Tensor& sigma_in,
   return loss;
 }
 
-at::Tensor dsm_loss_backward_cpu(const at::Tensor& grad_in, const at::Tensor& scores_in, const at::Tensor& sigma_in,
+at::Tensor dsm_backward_cpu(const at::Tensor& grad_in, const at::Tensor& scores_in, const at::Tensor& sigma_in,
                                  int64_t seed, int64_t offset, double power) {
-  constexpr const char* op = "fastscore::dsm_loss_backward";
+  constexpr const char* op = "fastscore_ext::dsm_backward";
   check_float_tensor(op, "scores", scores_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
   check_float_tensor(op, "grad", grad_in);
@@ -209,7 +212,7 @@ at::Tensor dsm_loss_backward_cpu(const at::Tensor& grad_in, const at::Tensor& sc
   const at::Tensor grad = grad_in.to(acc_dtype(scores.scalar_type())).contiguous();
   at::Tensor dscores = empty_like(scores);
   const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_loss_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     dsm_loss_backward_kernel(grad.data_ptr<acc_t>(), scores.data_ptr<scalar_t>(), sigma.data_ptr<acc_t>(),
                              dscores.data_ptr<scalar_t>(), scores.numel(), d, seed, offset, power);
@@ -221,7 +224,7 @@ void langevin_step_cpu(at::Tensor x, const at::Tensor& score_in, double step_siz
                        double noise_scale, const c10::optional<at::Tensor>& step_t,
                        const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t,
                        const c10::optional<at::Tensor>& noise_t) {
-  constexpr const char* op = "fastscore::langevin_step_";
+  constexpr const char* op = "fastscore_ext::langevin_step_";
   check_float_tensor(op, "x", x);
   check_float_tensor(op, "score", score_in);
   TORCH_CHECK(score_in.sizes() == x.sizes(), op, ": score must have x's shape ", x.sizes(), ", got ",
@@ -267,7 +270,7 @@ void langevin_step_cpu(at::Tensor x, const at::Tensor& score_in, double step_siz
 // The raw Philox4x32-10 words of (counter, key) rows, for the known-answer tests: words is (M, 6)
 // int64 holding uint32 values (c0, c1, c2, c3, k0, k1); the result is (M, 4) int64.
 at::Tensor philox_cpu(const at::Tensor& words_in) {
-  constexpr const char* op = "fastscore::philox4x32_10";
+  constexpr const char* op = "fastscore_ext::philox4x32_10";
   TORCH_CHECK(words_in.scalar_type() == at::kLong && words_in.dim() == 2 && words_in.size(1) == 6, op,
               ": words must be an int64 tensor of shape (M, 6), got ", words_in.scalar_type(), " ", words_in.sizes());
   const at::Tensor words = words_in.contiguous();
@@ -280,14 +283,14 @@ at::Tensor philox_cpu(const at::Tensor& words_in) {
 }  // namespace cpu
 }  // namespace fastscore
 
-TORCH_LIBRARY_IMPL(fastscore, CPU, m) {
+TORCH_LIBRARY_IMPL(fastscore_ext, CPU, m) {
   using namespace fastscore::cpu;
-  m.impl("cond_instance_norm_plus", &norm_forward_cpu);
-  m.impl("cond_instance_norm_plus_backward", &norm_backward_cpu);
+  m.impl("norm_forward", &norm_forward_cpu);
+  m.impl("norm_backward", &norm_backward_cpu);
   m.impl("normal_", &normal_cpu);
   m.impl("perturb", &perturb_cpu);
-  m.impl("dsm_loss", &dsm_loss_cpu);
-  m.impl("dsm_loss_backward", &dsm_loss_backward_cpu);
+  m.impl("dsm_per_sample", &dsm_per_sample_cpu);
+  m.impl("dsm_backward", &dsm_backward_cpu);
   m.impl("langevin_step_", &langevin_step_cpu);
   m.impl("philox4x32_10", &philox_cpu);
 }

@@ -6,14 +6,40 @@ not import torch until an op, a module or a model is asked for.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 __version__ = "0.1.0"
 
+
+class _CheckoutKernels(importlib.abc.MetaPathFinder):
+    """fastscore.kernels from kernels/ beside this package when this package is a source checkout's
+    (setup.py beside it too), used without installing it; an install maps kernels/ itself."""
+
+    root = Path(__file__).resolve().parent.parent
+
+    def find_spec(self, name: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        init = self.root / "kernels" / "__init__.py"
+        if name != f"{__name__}.kernels" or not (init.is_file() and (self.root / "setup.py").is_file()):
+            return None
+        return importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+
+
+if not any(isinstance(finder, _CheckoutKernels) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _CheckoutKernels())
+
 # public name -> the module that defines it
 _EXPORTS = {
     "cond_instance_norm_plus": ".ops", "perturb": ".ops", "dsm_loss": ".ops", "langevin_step_": ".ops",
-    "randn": ".ops", "backends": ".dispatch", "BackendUnavailable": ".dispatch", "AnnealedLangevin": ".sampling",
+    "randn": ".ops", "backends": ".backend.dispatch", "BackendUnavailable": ".backend.dispatch",
+    "AnnealedLangevin": ".sampling",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -26,7 +26,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         works = "yes" if row["available"] else "no"
         note = "default (auto)" if row["auto"] else row["reason"]
         print(f"{row['backend']:8} {row['device']:6} {works:6} {note}")
-    from fastscore import extension  # where the compiled kernels came from and what they were built with
+    from fastscore.backend import ext as extension  # where the compiled kernels came from and what they were built with
 
     print(f"\n{extension.describe()}")
     return 0
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from fastscore.config import ConfigError
     from fastscore.data import DataUnavailable
-    from fastscore.dispatch import BackendUnavailable
+    from fastscore.backend.dispatch import BackendUnavailable
     from fastscore.training import DeviceUnavailable
 
     try:

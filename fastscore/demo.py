@@ -101,7 +101,7 @@ def _run(out: str, minutes: float, seed: int, quiet: bool, tiny: bool, device: s
     import fastscore
 
     fastscore.perturb(torch.zeros(2, 1, 2, 2, device=dev), torch.ones(2, device=dev), 0)
-    backend = fastscore.dispatch.resolve_name(None, dev)
+    backend = fastscore.backend.dispatch.resolve_name(None, dev)
     run_dir = os.path.join(out, "run")
     for stale in ("log.csv", training.CHECKPOINT_NAME):  # the demo always starts afresh
         if os.path.exists(os.path.join(run_dir, stale)):

@@ -25,13 +25,13 @@ from .ops.norm import ACTIVATIONS
 __all__ = ["CondInstanceNorm2dPlus", "CondInstanceNorm2d", "InstanceNorm2dPlus"]
 
 
-def _check_activation(activation):
+def _check_activation(activation: str | None) -> str | None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}; got {activation!r}")
     return activation
 
 
-def _check_labels(y, x: torch.Tensor) -> None:
+def _check_labels(y: object, x: torch.Tensor) -> None:
     """Noise-level labels: an integer tensor of shape (N,). Values are not read (that would sync the
     GPU and break torch.compile graphs); an out-of-range label fails in the embedding lookup."""
     if not isinstance(y, torch.Tensor):
@@ -157,4 +157,5 @@ class InstanceNorm2dPlus(nn.Module):
                                        backend=self.backend)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, bias={self.bias}" + (f", activation={self.activation!r}" if self.activation else "")
+        return (f"{self.num_features}, bias={self.bias}"
+                + (f", activation={self.activation!r}" if self.activation else ""))

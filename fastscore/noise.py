@@ -10,8 +10,10 @@ kept in [0, 2^32) and products are split into 16-bit halves so they never overfl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+from torch.types import Device
 
 MASK32 = 0xFFFFFFFF
 PHILOX_M0 = 0xD2511F53
@@ -59,7 +61,7 @@ def box_muller(u_radius: torch.Tensor, u_angle: torch.Tensor) -> tuple[torch.Ten
     return radius * torch.cos(angle), radius * torch.sin(angle)
 
 
-def check_seed_offset(seed: int, offset: int, numel: int = 0) -> None:
+def check_seed_offset(seed: object, offset: object, numel: int = 0) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int in [0, 2^63), got {type(seed).__name__}")
     if isinstance(offset, bool) or not isinstance(offset, int):
@@ -70,7 +72,7 @@ def check_seed_offset(seed: int, offset: int, numel: int = 0) -> None:
         raise ValueError(f"offset must be in [0, 2^63 - numel), got {offset} for {numel} draws")
 
 
-def normal_stream(numel: int, seed: int, offset: int = 0, device=None) -> torch.Tensor:
+def normal_stream(numel: int, seed: int, offset: int = 0, device: Device = None) -> torch.Tensor:
     """float32 tensor of normal(seed, offset + i) for i in range(numel)."""
     check_seed_offset(seed, offset, numel)
     if numel == 0:
@@ -94,11 +96,12 @@ def _normal_stream_op(numel: int, seed: int, offset: int, device: torch.device) 
 
 
 @_normal_stream_op.register_fake
-def _(numel, seed, offset, device):
+def _(numel: int, seed: int, offset: int, device: torch.device) -> torch.Tensor:
     return torch.empty(numel, dtype=torch.float32, device=device)
 
 
-def randn(shape, seed: int, offset: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:
+def randn(shape: int | Sequence[int], seed: int, offset: int = 0, device: Device = None,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Standard normals z with z.flatten()[i] = normal(seed, offset + i), reference implementation.
 
     Behind an opaque custom op so torch.compile calls it rather than inlining ten unrolled Philox
@@ -106,4 +109,5 @@ def randn(shape, seed: int, offset: int = 0, device=None, dtype=torch.float32) -
     """
     shape = torch.Size(shape if not isinstance(shape, int) else (shape,))
     device = torch.device(device) if device is not None else torch.device("cpu")
-    return _normal_stream_op(shape.numel(), seed, offset, device).reshape(shape).to(dtype)
+    stream: torch.Tensor = _normal_stream_op(shape.numel(), seed, offset, device)
+    return stream.reshape(shape).to(dtype)

@@ -12,21 +12,24 @@ The model call convention is model(x, labels), labels a LongTensor (N,) holding 
 as ncsn's conditional networks take it; an NCSNv2-style network maps labels to its sigmas itself.
 That call lives in AnnealedLangevin.score alone, so another convention is a one-method change.
 
-The per-level work is one method (run_level) taking (x, labels, step_size, seed, offset) and updating
-x in place. On a GPU with a fused backend, one update is captured in a CUDA graph
-(fastscore.graphs) and replayed for every step, with the stream position and step size in device
-tensors: the same trajectory as the eager loop, without Python launching each kernel.
+One loop (annealed_langevin) walks the levels and steps and owns the noise stream's position; an
+update is a step object it calls with (seed, offset): EagerLangevinStep runs the ops, and on a GPU
+with a fused backend fastscore.graphs.CapturedLangevinStep replays one captured update with the step
+size and the stream position in device tensors. Both get every offset from the same loop, so their
+trajectories cannot drift apart.
 """
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
+from torch.types import Device
 from tqdm import tqdm
 
-from . import dispatch
+from .backend import dispatch
 from .graphs import CapturedLangevinStep
 from .noise import MAX_SEED, check_seed_offset
 from .ops import langevin_step_, randn
@@ -34,7 +37,70 @@ from .ops import langevin_step_, randn
 Callback = Callable[[int, int, torch.Tensor], None]
 
 
-def _check_sigmas(sigmas) -> tuple[float, ...]:
+class LangevinStep(Protocol):
+    """One update of x in place: x <- x + a s(x, i) + sqrt(2 a) z, then the known pixels re-imposed."""
+
+    def set_level(self, level: int, step_size: float, keep_values: torch.Tensor | None) -> None:
+        """Point the next updates at level i (labels), its step size and its known-pixel values."""
+
+    def __call__(self, seed: int, offset: int) -> None:
+        """One update with the noise at (seed, offset)."""
+
+
+class EagerLangevinStep:
+    """The update as eager ops."""
+
+    def __init__(self, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 backend: str | None = None,
+                 keep_mask: torch.Tensor | None = None):
+        self.score, self.x, self.backend, self.keep_mask = score, x, backend, keep_mask
+        self.labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self.step_size = 0.0
+        self.keep_values: torch.Tensor | None = None
+
+    def set_level(self, level: int, step_size: float, keep_values: torch.Tensor | None = None) -> None:
+        self.labels = torch.full((self.x.shape[0],), level, dtype=torch.long, device=self.x.device)
+        self.step_size, self.keep_values = step_size, keep_values
+
+    def __call__(self, seed: int, offset: int) -> None:
+        x = self.x
+        langevin_step_(x, self.score(x, self.labels), self.step_size, seed, offset, backend=self.backend)
+        if self.keep_mask is not None:
+            assert self.keep_values is not None, "set_level gives the known values when there is a mask"
+            x.copy_(torch.where(self.keep_mask, self.keep_values, x))
+
+
+def annealed_langevin(step: LangevinStep, x: torch.Tensor, sigmas: Sequence[float], step_sizes: Sequence[float],
+                      n_steps_each: int, seed: int, *, reference: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None, callback: Callback | None = None,
+                      bar: tqdm | None = None, backend: str | None = None) -> None:
+    """The sampling loop: for each level (largest sigma first) n_steps_each updates of x by `step`,
+    which draws the noise at offsets 0, numel, 2 numel, ... of the seed's stream. With a reference and
+    a mask (inpainting), each level first draws z' (reference's numel positions) and sets the known
+    pixels to reference + sigma_i z'; the step re-imposes them after every update."""
+    offset = 0
+    numel = x.numel()
+    for level, (sigma, step_size) in enumerate(zip(sigmas, step_sizes, strict=True)):
+        keep_values = None
+        if reference is not None:
+            dtype = torch.float64 if reference.dtype == torch.float64 else torch.float32
+            z = randn(reference.shape, seed, offset, device=x.device, dtype=dtype, backend=backend)
+            offset += z.numel()
+            keep_values = (reference.to(dtype) + sigma * z).to(x.dtype)
+            assert mask is not None, "a reference comes with its mask"
+            x.copy_(torch.where(mask, keep_values, x))
+        step.set_level(level, step_size, keep_values)
+        for t in range(n_steps_each):
+            step(seed, offset)
+            offset += numel
+            if callback is not None:
+                callback(level * n_steps_each + t, level, x)
+        if bar is not None:
+            bar.update(n_steps_each)
+            bar.set_postfix(sigma=f"{sigma:.4g}", refresh=False)
+
+
+def _check_sigmas(sigmas: object) -> tuple[float, ...]:
     """Noise levels as python floats, validated: non-empty, finite, positive, largest first."""
     try:
         values = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
@@ -59,7 +125,8 @@ def resolve_seed(seed: int | None) -> int:
     return seed
 
 
-def uniform_init(shape, seed: int, device=None, dtype=torch.float32) -> torch.Tensor:
+def uniform_init(shape: Sequence[int], seed: int, device: Device = None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """ncsn's starting point, uniform in [0, 1): drawn on the CPU from a generator seeded with the run's
     seed, so the start, like the noise, depends on the seed alone and not on the device."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -91,7 +158,7 @@ class AnnealedLangevin:
         denoise: bool = False,
         *,
         shape: Sequence[int] | None = None,
-        device=None,
+        device: Device = None,
         dtype: torch.dtype = torch.float32,
         clamp: tuple[float, float] | None = None,
         backend: str | None = None,
@@ -101,7 +168,8 @@ class AnnealedLangevin:
             raise TypeError(f"model must be callable as model(x, labels), got {type(model).__name__}")
         if isinstance(n_steps_each, bool) or not isinstance(n_steps_each, int) or n_steps_each < 1:
             raise ValueError(f"n_steps_each must be an int >= 1, got {n_steps_each!r}")
-        if isinstance(step_lr, bool) or not isinstance(step_lr, (int, float)) or not math.isfinite(step_lr) or step_lr <= 0:
+        if (isinstance(step_lr, bool) or not isinstance(step_lr, (int, float)) or not math.isfinite(step_lr)
+                or step_lr <= 0):
             raise ValueError(f"step_lr must be a finite number > 0, got {step_lr!r}")
         if clamp is not None and (len(clamp) != 2 or not clamp[0] < clamp[1]):
             raise ValueError(f"clamp must be None or (low, high) with low < high, got {clamp!r}")
@@ -178,66 +246,29 @@ class AnnealedLangevin:
         x = self._run(x, seed, progress, callback, reference=reference.detach(), mask=mask)
         return torch.where(mask, reference.to(x.dtype), x)
 
-    def run_level(self, x: torch.Tensor, labels: torch.Tensor, step_size: float, seed: int, offset: int,
-                  keep: tuple[torch.Tensor, torch.Tensor] | None = None, callback: Callback | None = None,
-                  first_step: int = 0, level: int = 0) -> int:
-        """One level's T updates of x in place, noise at offsets offset, offset + numel, ...; returns the
-        next free offset. keep = (mask, values) re-imposes values where mask is true after each update."""
-        numel = x.numel()
-        for t in range(self.n_steps_each):
-            langevin_step_(x, self.score(x, labels), step_size, seed, offset, backend=self.backend)
-            offset += numel
-            if keep is not None:
-                x.copy_(torch.where(keep[0], keep[1], x))
-            if callback is not None:
-                callback(first_step + t, level, x)
-        return offset
-
     def _run(self, x: torch.Tensor, seed: int, progress: bool, callback: Callback | None,
              reference: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         model = self.model
-        was_training = isinstance(model, torch.nn.Module) and model.training
-        if was_training:
-            model.eval()
+        training = model if isinstance(model, torch.nn.Module) and model.training else None
+        if training is not None:
+            training.eval()
         bar = tqdm(total=self.n_steps, desc="annealed Langevin", unit="step", disable=not progress)
         try:
             with torch.no_grad():
-                captured = self._capture(x, mask)
-                offset = 0
-                labels = None
-                for level, (sigma, step_size) in enumerate(zip(self.sigmas, self.step_sizes)):
-                    labels = torch.full((x.shape[0],), level, dtype=torch.long, device=x.device)
-                    keep = None
-                    if reference is not None:
-                        dtype = torch.float64 if reference.dtype == torch.float64 else torch.float32
-                        z = randn(reference.shape, seed, offset, device=x.device, dtype=dtype,
-                                  backend=self.backend)
-                        offset += z.numel()
-                        keep = (mask, (reference.to(dtype) + sigma * z).to(x.dtype))
-                        x.copy_(torch.where(mask, keep[1], x))
-                    if captured is None:
-                        offset = self.run_level(x, labels, step_size, seed, offset, keep, callback,
-                                                first_step=level * self.n_steps_each, level=level)
-                    else:
-                        captured.set_level(level, step_size, seed, offset, keep[1] if keep else None)
-                        for t in range(self.n_steps_each):
-                            captured.replay()
-                            if callback is not None:
-                                callback(level * self.n_steps_each + t, level, x)
-                        offset += self.n_steps_each * x.numel()
-                    bar.update(self.n_steps_each)
-                    bar.set_postfix(sigma=f"{sigma:.4g}", refresh=False)
+                step = self._capture(x, mask) or EagerLangevinStep(self.score, x, self.backend, mask)
+                annealed_langevin(step, x, self.sigmas, self.step_sizes, self.n_steps_each, seed,
+                                  reference=reference, mask=mask, callback=callback, bar=bar, backend=self.backend)
                 if self.denoise:
                     # NCSNv2's last step: the posterior mean (Tweedie) at sigma_L, no noise.
+                    labels = torch.full((x.shape[0],), len(self.sigmas) - 1, dtype=torch.long, device=x.device)
                     x.add_(self.score(x, labels).to(x.dtype), alpha=self.sigmas[-1] ** 2)
         finally:
             bar.close()
-            if was_training:
-                model.train()
+            if training is not None:
+                training.train()
         if self.clamp is not None:
             x.clamp_(*self.clamp)
         return x
-
 
     def _capture(self, x: torch.Tensor, mask: torch.Tensor | None) -> CapturedLangevinStep | None:
         """The captured update to replay, or None to run the eager loop (see cuda_graph)."""
@@ -259,14 +290,14 @@ class AnnealedLangevin:
             return None
 
 
-def _model_device(model) -> torch.device:
+def _model_device(model: object) -> torch.device:
     if isinstance(model, torch.nn.Module):
         for p in model.parameters():
             return p.device
     return torch.device("cpu")
 
 
-def _check_batch(name: str, t) -> torch.Tensor:
+def _check_batch(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point() or t.dim() < 1 or t.numel() == 0:

@@ -1,8 +1,8 @@
-"""The `triton` backend: Triton kernels of the fused ops (installed as fastscore.kernels).
+"""The `triton` backend: Triton kernels of the backend primitives (installed as fastscore.kernels).
 
-One module per op (instance_norm, perturbation, score_matching, langevin, noise); each registers its
-kernels as torch.library custom ops under the namespace "fastscore_triton" (with fake kernels and
-autograd) so opcheck passes and torch.compile(fullgraph=True) traces through them.
+The functions below are the primitives of fastscore/backend/protocol.py; one module per op family
+(instance_norm, perturbation, score_matching, langevin, noise) holds the kernels and their launchers.
+Registration, autograd and reductions belong to the public ops (fastscore/ops/), not to this backend.
 
 This module must import cheaply and never fail: triton is imported when availability is first asked
 for, each op module when its op first runs (a function-level `from . import`, which torch.compile can
@@ -22,7 +22,7 @@ import os
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_error() -> str | None:
     try:
         import triton  # noqa: F401
@@ -56,26 +56,36 @@ def unavailable_reason(device) -> str | None:
     return f"Triton kernels run on CUDA devices (or the CPU with TRITON_INTERPRET=1), not on {device.type}"
 
 
-def cond_instance_norm_plus(x, gamma, alpha, beta=None, eps=1e-5, activation=None):
+def norm_forward(x, gamma, alpha, beta, eps, activation):
     from . import instance_norm
-    return instance_norm.cond_instance_norm_plus(x, gamma, alpha, beta, eps, activation)
+    return instance_norm.norm_forward(x, gamma, alpha, beta, eps, activation)
 
 
-def perturb(x, sigma, seed, offset=0):
+def norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation):
+    from . import instance_norm
+    return instance_norm.norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation)
+
+
+def perturb(x, sigma, seed, offset):
     from . import perturbation
     return perturbation.perturb(x, sigma, seed, offset)
 
 
-def dsm_loss(scores, sigma, seed, offset=0, anneal_power=2.0, reduction="mean"):
+def dsm_per_sample(scores, sigma, seed, offset, anneal_power):
     from . import score_matching
-    return score_matching.dsm_loss(scores, sigma, seed, offset, anneal_power, reduction)
+    return score_matching.dsm_per_sample(scores, sigma, seed, offset, anneal_power)
 
 
-def langevin_step_(x, score, step_size, seed, offset=0, noise_scale=None):
+def dsm_backward(grad, scores, sigma, seed, offset, anneal_power):
+    from . import score_matching
+    return score_matching.dsm_backward(grad, scores, sigma, seed, offset, anneal_power)
+
+
+def langevin_step_(x, score, step_size, seed, offset, noise_scale):
     from . import langevin
-    return langevin.langevin_step_(x, score, step_size, seed, offset, noise_scale)
+    langevin.langevin_step_(x, score, step_size, seed, offset, noise_scale)
 
 
-def randn(shape, seed, offset=0, device=None, dtype=torch.float32):
+def randn_(out, seed, offset):
     from . import noise
-    return noise.randn(shape, seed, offset, device, dtype)
+    noise.randn_(out, seed, offset)

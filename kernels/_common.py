@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from fastscore.backend.protocol import is_channels_last
+
 MASK32 = 0xFFFFFFFF
 MAX_GRID_Y = 65535  # CUDA's limit on grid dimension 1; kernels loop over samples beyond it
 
@@ -27,31 +29,10 @@ def stream_args(seed: int, offset: int) -> tuple[int, int, int, int]:
 
 
 def layout(t: torch.Tensor) -> str | None:
-    """'contiguous' when memory order is logical order, 'channels_last' for a 4-D NHWC tensor, else None.
-
-    A 4-D tensor that is both (C == 1 or H*W == 1) counts as contiguous: its memory is in logical order.
-    """
+    """'contiguous' when memory order is logical order, 'channels_last' for NHWC, else None."""
     if t.is_contiguous():
         return "contiguous"
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return "channels_last"
-    return None
-
-
-def memory_format_of(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if layout(t) == "channels_last" else torch.contiguous_format
-
-
-def dense(t: torch.Tensor) -> torch.Tensor:
-    """t itself if the kernels can address it, else a contiguous copy."""
-    return t if layout(t) is not None else t.contiguous()
-
-
-def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """t in ref's memory layout (a copy only when they differ), so both can be walked by one index."""
-    if t.stride() == ref.stride():
-        return t
-    return t.contiguous(memory_format=memory_format_of(ref))
+    return "channels_last" if is_channels_last(t) else None
 
 
 def sample_geometry(t: torch.Tensor) -> tuple[int, int, int, int, bool]:

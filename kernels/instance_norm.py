@@ -27,15 +27,14 @@ All arithmetic and statistics are float32 whatever the storage dtype.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
+from fastscore.backend.protocol import acc_dtype
+
 from . import _common
 
-ACTIVATION_CODES = {None: 0, "elu": 1, "relu": 2}
 TILE = 4096                 # elements per program tile; tests shrink it to force the looping paths
 SAMPLE_TILE = 8192          # a sample of at most this many (padded) values takes the one-pass kernels
 CHANNELS_LAST_PLANES = 32   # planes per tile for channels_last, so loads run along C (contiguous)
@@ -462,123 +461,72 @@ def _params(gamma, alpha, beta, c):
     return tensors + tuple(c if t.dim() == 2 else 0 for t in tensors)
 
 
-@torch.library.custom_op("fastscore_triton::cond_instance_norm_plus", mutates_args=())
-def norm_forward_op(x: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor, beta: Optional[torch.Tensor],
-                    eps: float, activation: Optional[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                     torch.Tensor, torch.Tensor]:
-    """(y, mu, rstd, muhat, rv); the last four are float32 statistics kept for the backward."""
-    x = _common.dense(x)
-    gamma, alpha = gamma.contiguous(), alpha.contiguous()
-    beta = beta.contiguous() if beta is not None else None
+def norm_forward(x, gamma, alpha, beta, eps, activation):
+    """(y, mean, rstd): the backend primitive (fastscore/backend/protocol.py)."""
     n = x.shape[0]
     p, c, hw, strides = _geometry(x)
     f32 = dict(device=x.device, dtype=torch.float32)
     mu, rstd, muhat = (torch.empty(n, c, **f32) for _ in range(3))
     rv = torch.empty(n, **f32)
     y = torch.empty_like(x)
-    act, has_beta = ACTIVATION_CODES[activation], beta is not None
+    params = _params(gamma.contiguous(), alpha.contiguous(), beta.contiguous() if beta is not None else None, c)
+    has_beta = beta is not None
     sample_blocks = _sample_blocks(c, hw)
     if sample_blocks is not None:
-        _fused_forward[(n,)](x, y, mu, rstd, muhat, rv, *_params(gamma, alpha, beta, c), c, hw, *strides,
-                             *_channel_constants(c), eps, ACT=act, HAS_BETA=has_beta, BLOCK_C=sample_blocks[0],
-                             BLOCK_HW=sample_blocks[1], num_warps=_warps(*sample_blocks))
-        return y, mu, rstd, muhat, rv
-    block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
-    warps = _warps(block_p, block_hw)
-    splits, split_len = _splits(p, hw, block_p, block_hw)
-    part = torch.empty(p, splits, 2, device=x.device, dtype=torch.float64) if splits > 1 else mu
-    _plane_stats[(triton.cdiv(p, block_p), splits)](x, mu, rstd, part, p, c, hw, *strides, eps, split_len,
-                                                    SPLIT=splits > 1, BLOCK_P=block_p, BLOCK_HW=block_hw,
-                                                    num_warps=warps)
-    if splits > 1:
-        _merge_stats[(triton.cdiv(p, 128),)](part, mu, rstd, p, hw, eps, splits, split_len, BLOCK_P=128)
-    _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps,
-                        BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
-    _apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
-        x, y, mu, rstd, muhat, *_params(gamma, alpha, beta, c), p, c, hw, *strides, ACT=act,
-        HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
-    return y, mu, rstd, muhat, rv
+        _fused_forward[(n,)](x, y, mu, rstd, muhat, rv, *params, c, hw, *strides, *_channel_constants(c), eps,
+                             ACT=activation, HAS_BETA=has_beta, BLOCK_C=sample_blocks[0], BLOCK_HW=sample_blocks[1],
+                             num_warps=_warps(*sample_blocks))
+    else:
+        block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
+        warps = _warps(block_p, block_hw)
+        splits, split_len = _splits(p, hw, block_p, block_hw)
+        part = torch.empty(p, splits, 2, device=x.device, dtype=torch.float64) if splits > 1 else mu
+        _plane_stats[(triton.cdiv(p, block_p), splits)](x, mu, rstd, part, p, c, hw, *strides, eps, split_len,
+                                                        SPLIT=splits > 1, BLOCK_P=block_p, BLOCK_HW=block_hw,
+                                                        num_warps=warps)
+        if splits > 1:
+            _merge_stats[(triton.cdiv(p, 128),)](part, mu, rstd, p, hw, eps, splits, split_len, BLOCK_P=128)
+        _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps,
+                            BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
+        _apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
+            x, y, mu, rstd, muhat, *params, p, c, hw, *strides, ACT=activation,
+            HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
+    dtype = acc_dtype(x)  # the kernels compute in float32; the contract hands over acc
+    return y, mu.to(dtype), rstd.to(dtype)
 
 
-@norm_forward_op.register_fake
-def _(x, gamma, alpha, beta, eps, activation):
-    n, c = x.shape[:2]
-    stats = [x.new_empty((n, c), dtype=torch.float32) for _ in range(3)]
-    return (torch.empty_like(_common.dense(x)), *stats, x.new_empty((n,), dtype=torch.float32))
-
-
-@torch.library.custom_op("fastscore_triton::cond_instance_norm_plus_backward", mutates_args=())
-def norm_backward_op(dy: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, alpha: torch.Tensor,
-                     beta: Optional[torch.Tensor], mu: torch.Tensor, rstd: torch.Tensor, muhat: torch.Tensor,
-                     rv: torch.Tensor, activation: Optional[str]
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dgamma, dalpha, dbeta), the parameter grads per (n, c) in float32 (reduced by the caller)."""
-    x = _common.dense(x)
-    dy = _common.like(dy, x)
-    gamma, alpha = gamma.contiguous(), alpha.contiguous()
-    beta = beta.contiguous() if beta is not None else None
+def norm_backward(dy, x, gamma, alpha, beta, mean, rstd, eps, activation):
+    """(dx, dgamma, dalpha, dbeta) per sample: the backend primitive (fastscore/backend/protocol.py)."""
     n = x.shape[0]
     p, c, hw, strides = _geometry(x)
     f32 = dict(device=x.device, dtype=torch.float32)
+    mu, rstd = mean.to(torch.float32).contiguous(), rstd.to(torch.float32).contiguous()
+    # muhat and 1/sqrt(v + eps) again from the plane means: (N, C) numbers, one small launch.
+    muhat, rv = torch.empty(n, c, **f32), torch.empty(n, **f32)
+    _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps,
+                        BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
     s1, dgamma, dalpha = torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, c, **f32)
     dx = torch.empty_like(x)
-    act, has_beta = ACTIVATION_CODES[activation], beta is not None
-    params = _params(gamma, alpha, beta, c)
+    params = _params(gamma.contiguous(), alpha.contiguous(), beta.contiguous() if beta is not None else None, c)
+    has_beta = beta is not None
     sample_blocks = _sample_blocks(c, hw)
     if sample_blocks is not None:
         _fused_backward[(n,)](x, dy, dx, mu, rstd, muhat, rv, *params, s1, dgamma, dalpha, c, hw, *strides,
-                              *_channel_constants(c), ACT=act, HAS_BETA=has_beta, BLOCK_C=sample_blocks[0],
+                              *_channel_constants(c), ACT=activation, HAS_BETA=has_beta, BLOCK_C=sample_blocks[0],
                               BLOCK_HW=sample_blocks[1], num_warps=_warps(*sample_blocks))
-        return dx, dgamma, dalpha, s1
-    dmu = torch.empty(n, c, **f32)
-    block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
-    warps = _warps(block_p, block_hw)
-    common = dict(ACT=act, HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
-    splits, split_len = _splits(p, hw, block_p, block_hw)
-    s1_parts, s2_parts = (torch.empty(n, c, splits, **f32) for _ in range(2))
-    _backward_sums[(triton.cdiv(p, block_p), splits)](x, dy, mu, rstd, muhat, *params, s1_parts, s2_parts,
-                                                      p, c, hw, *strides, split_len, **common)
-    s1, s2 = (t.sum(2) if splits > 1 else t.squeeze(2) for t in (s1_parts, s2_parts))
-    _backward_sample[(n,)](s1, s2, muhat, rv, gamma, alpha, *params[3:5], dmu, dgamma, dalpha, c,
-                           *_channel_constants(c), BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
-    _backward_apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
-        x, dy, dx, mu, rstd, muhat, *params, s1, s2, dmu, p, c, hw, *strides, **common)
-    return dx, dgamma, dalpha, s1
-
-
-@norm_backward_op.register_fake
-def _(dy, x, gamma, alpha, beta, mu, rstd, muhat, rv, activation):
-    n, c = x.shape[:2]
-    return (torch.empty_like(_common.dense(x)), *[x.new_empty((n, c), dtype=torch.float32) for _ in range(3)])
-
-
-def _setup_context(ctx, inputs, output):
-    x, gamma, alpha, beta, eps, activation = inputs
-    y, mu, rstd, muhat, rv = output
-    ctx.mark_non_differentiable(mu, rstd, muhat, rv)
-    ctx.save_for_backward(x, gamma, alpha, beta, mu, rstd, muhat, rv)
-    ctx.activation = activation
-
-
-def _reduce_to(grad_nc, param):
-    """A per-(n, c) float32 parameter grad in the parameter's shape and dtype ((C,): summed over N)."""
-    grad = grad_nc if param.dim() == 2 else grad_nc.sum(0)
-    return grad.to(param.dtype)
-
-
-def _backward(ctx, dy, *_stat_grads):
-    x, gamma, alpha, beta, mu, rstd, muhat, rv = ctx.saved_tensors
-    dx, dgamma, dalpha, dbeta = norm_backward_op(dy, x, gamma, alpha, beta, mu, rstd, muhat, rv, ctx.activation)
-    need = ctx.needs_input_grad
-    return (dx.to(x.dtype) if need[0] else None,
-            _reduce_to(dgamma, gamma) if need[1] else None,
-            _reduce_to(dalpha, alpha) if need[2] else None,
-            _reduce_to(dbeta, beta) if beta is not None and need[3] else None,
-            None, None)
-
-
-norm_forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def cond_instance_norm_plus(x, gamma, alpha, beta=None, eps=1e-5, activation=None):
-    return norm_forward_op(x, gamma, alpha, beta, float(eps), activation)[0]
+    else:
+        dmu = torch.empty(n, c, **f32)
+        block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
+        warps = _warps(block_p, block_hw)
+        common = dict(ACT=activation, HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
+        splits, split_len = _splits(p, hw, block_p, block_hw)
+        s1_parts, s2_parts = (torch.empty(n, c, splits, **f32) for _ in range(2))
+        _backward_sums[(triton.cdiv(p, block_p), splits)](x, dy, mu, rstd, muhat, *params, s1_parts, s2_parts,
+                                                          p, c, hw, *strides, split_len, **common)
+        s1, s2 = (t.sum(2) if splits > 1 else t.squeeze(2) for t in (s1_parts, s2_parts))
+        _backward_sample[(n,)](s1, s2, muhat, rv, *params[:2], *params[3:5], dmu, dgamma, dalpha, c,
+                               *_channel_constants(c), BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
+        _backward_apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
+            x, dy, dx, mu, rstd, muhat, *params, s1, s2, dmu, p, c, hw, *strides, **common)
+    dtype = acc_dtype(x)  # the kernels compute in float32; the contract hands over acc
+    return dx, dgamma.to(dtype), dalpha.to(dtype), s1.to(dtype) if has_beta else None

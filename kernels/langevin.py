@@ -46,7 +46,6 @@ def _langevin_kernel(x_ptr, score_ptr, coeff_ptr, stream_ptr, step, scale, N, D,
 
 
 def _launch(x, score, coeffs, stream, step, scale, seed, offset):
-    score = _common.like(score, x)
     n, d, c, hw, channels_last = _common.sample_geometry(x)
     if not channels_last:
         n, d = 1, n * d
@@ -57,28 +56,6 @@ def _launch(x, score, coeffs, stream, step, scale, seed, offset):
                            CHANNELS_LAST=channels_last, **meta)
 
 
-@torch.library.custom_op("fastscore_triton::langevin_step_", mutates_args=("x",))
-def langevin_op(x: torch.Tensor, score: torch.Tensor, step_size: float, noise_scale: float,
-                seed: int, offset: int) -> None:
-    _launch(x, score, None, None, step_size, noise_scale, seed, offset)
-
-
-@langevin_op.register_fake
-def _(x, score, step_size, noise_scale, seed, offset):
-    return None
-
-
-@torch.library.custom_op("fastscore_triton::langevin_step_device_", mutates_args=("x",))
-def langevin_device_op(x: torch.Tensor, score: torch.Tensor, coeffs: torch.Tensor, stream: torch.Tensor) -> None:
-    """coeffs: float32 [step_size, noise_scale], stream: int64 [seed, offset], both on x's device."""
-    _launch(x, score, coeffs, stream, 0.0, 0.0, 0, 0)
-
-
-@langevin_device_op.register_fake
-def _(x, score, coeffs, stream):
-    return None
-
-
 def _one(value, dtype, device):
     """A one-element device tensor: tensors as they are, numbers by a fill kernel (no host copy, so
     this is safe inside CUDA graph capture)."""
@@ -87,21 +64,13 @@ def _one(value, dtype, device):
     return torch.full((1,), value, dtype=dtype, device=device)
 
 
-def _device_args(step_size, noise_scale, seed, offset, device):
-    step = _one(step_size, torch.float32, device)
-    scale = torch.sqrt(2.0 * step) if noise_scale is None else _one(noise_scale, torch.float32, device)
-    stream = torch.cat([_one(seed, torch.int64, device), _one(offset, torch.int64, device)])
-    return torch.cat([step, scale]), stream
-
-
-def langevin_step_(x, score, step_size, seed, offset=0, noise_scale=None):
-    # The kernel walks x in its own memory order; a non-dense x is updated through a dense copy.
-    target = x if _common.layout(x) is not None else x.contiguous()
+def langevin_step_(x, score, step_size, seed, offset, noise_scale):
+    """x += step_size score + noise_scale z in place: the backend primitive (fastscore/backend/protocol.py)."""
     if any(isinstance(v, torch.Tensor) for v in (step_size, noise_scale, seed, offset)):
-        langevin_device_op(target, score, *_device_args(step_size, noise_scale, seed, offset, x.device))
+        step = _one(step_size, torch.float32, x.device)
+        scale = torch.sqrt(2.0 * step) if noise_scale is None else _one(noise_scale, torch.float32, x.device)
+        stream = torch.cat([_one(seed, torch.int64, x.device), _one(offset, torch.int64, x.device)])
+        _launch(x, score, torch.cat([step, scale]), stream, 0.0, 0.0, 0, 0)
     else:
         scale = math.sqrt(2.0 * float(step_size)) if noise_scale is None else float(noise_scale)
-        langevin_op(target, score, float(step_size), scale, int(seed), int(offset))
-    if target is not x:
-        x.copy_(target)
-    return x
+        _launch(x, score, None, None, float(step_size), scale, int(seed), int(offset))

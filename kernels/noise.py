@@ -1,4 +1,4 @@
-"""The noise stream of DESIGN.md section 3 in Triton, and fastscore.randn on it.
+"""The noise stream of docs/DESIGN.md section 3 in Triton, and the randn_ primitive on it.
 
 normal(seed, j) = lane j % 4 of Box-Muller applied to Philox4x32-10(counter = j // 4, key = seed).
 Everything is uint32 arithmetic (tl.umulhi for the high product word); the 64-bit counter and seed
@@ -154,21 +154,12 @@ def _randn_kernel(out_ptr, numel, seed_lo, seed_hi, off_lo, off_hi, GROUPS: tl.c
     tl.store(out_ptr + idx, z.to(out_ptr.dtype.element_ty), mask=valid)
 
 
-@torch.library.custom_op("fastscore_triton::randn", mutates_args=())
-def randn_op(numel: int, seed: int, offset: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    out = torch.empty(numel, device=device, dtype=dtype)
+def randn_(out, seed, offset):
+    """Fill the dense tensor out with the stream in logical order: the backend primitive."""
+    numel = out.numel()
     if numel:
+        target = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
         meta, grid = launch_geometry(1, numel)
-        _randn_kernel[grid](out, numel, *_common.stream_args(seed, offset), **meta)
-    return out
-
-
-@randn_op.register_fake
-def _(numel, seed, offset, device, dtype):
-    return torch.empty(numel, device=device, dtype=dtype)
-
-
-def randn(shape, seed, offset=0, device=None, dtype=torch.float32):
-    shape = torch.Size((shape,) if isinstance(shape, int) else shape)
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    return randn_op(shape.numel(), seed, offset, device, dtype).reshape(shape)
+        _randn_kernel[grid](target, numel, *_common.stream_args(seed, offset), **meta)
+        if target is not out:
+            out.copy_(target)

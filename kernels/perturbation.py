@@ -2,8 +2,6 @@
 
 One read of x, one write of the result, no noise tensor. Contiguous x is tiled as one flat range
 (blocks independent of the sample size); channels_last x per sample (see noise.sample_chunk_normals).
-Differentiable in x (identity) and sigma (d/dsigma[n] = sum_d grad * z, the noise regenerated once
-more in the backward).
 """
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ import triton
 import triton.language as tl
 
 from . import _common
-from .noise import STREAM_ARGS, join64, launch_geometry, randn_op, sample_chunk_normals
+from .noise import STREAM_ARGS, join64, launch_geometry, sample_chunk_normals
 
 
 @triton.jit(do_not_specialize=STREAM_ARGS)
@@ -41,43 +39,13 @@ def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, N, D, C, HW, seed_lo, seed_hi, of
             n += tl.num_programs(1)
 
 
-@torch.library.custom_op("fastscore_triton::perturb", mutates_args=())
-def perturb_op(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
-    x = _common.dense(x)
+def perturb(x, sigma, seed, offset):
+    """x + sigma[n] z in x's layout: the backend primitive (fastscore/backend/protocol.py)."""
     sigma = sigma.contiguous()
-    out = torch.empty_like(x)  # same layout as the dense x
+    out = torch.empty_like(x)
     n, d, c, hw, channels_last = _common.sample_geometry(x)
     flat = not channels_last
     meta, grid = launch_geometry(1, n * d) if flat else launch_geometry(n, d, c, hw, channels_last)
     _perturb_kernel[grid](x, sigma, out, n, d, c, hw, *_common.stream_args(seed, offset), FLAT=flat,
                           INDEX_32=x.numel() < 2**31, CHANNELS_LAST=channels_last, **meta)
     return out
-
-
-@perturb_op.register_fake
-def _(x, sigma, seed, offset):
-    return torch.empty_like(_common.dense(x))
-
-
-def _setup_context(ctx, inputs, output):
-    x, sigma, seed, offset = inputs
-    ctx.seed, ctx.offset = seed, offset
-    ctx.x_meta = (x.shape, x.dtype)
-    ctx.sigma_dtype = sigma.dtype
-
-
-def _backward(ctx, grad):
-    shape, x_dtype = ctx.x_meta
-    dx = grad.to(x_dtype) if ctx.needs_input_grad[0] else None
-    dsigma = None
-    if ctx.needs_input_grad[1]:
-        z = randn_op(grad.numel(), ctx.seed, ctx.offset, grad.device, torch.float32).reshape(shape)
-        dsigma = (grad.float() * z).reshape(shape[0], -1).sum(1).to(ctx.sigma_dtype)
-    return dx, dsigma, None, None
-
-
-perturb_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def perturb(x, sigma, seed, offset=0):
-    return perturb_op(x, sigma, int(seed), int(offset))

@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from fastscore import dispatch  # noqa: E402
+from fastscore.backend import dispatch  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 REPORT_LOG_ENV = "FASTSCORE_REPORT_LOG"  # a file to append each test's outcome to, as it ends
@@ -62,7 +62,7 @@ def reference_norm(inputs, has_beta, activation, dy, dtype):
     float64: in float64 the ground truth; in float32 a measure of the op's conditioning at these
     inputs (where channel means are nearly equal, muhat = (mu - m) / sqrt(v + eps) amplifies the
     rounding of mu, and no float32 code does better than the reference run in float32)."""
-    from fastscore import reference
+    from fastscore.backend import reference
 
     ref = [t.detach().to(dtype).requires_grad_() for t in inputs]
     y = reference.cond_instance_norm_plus(*ref[:3], ref[3] if has_beta else None, 1e-5, activation)
@@ -110,7 +110,9 @@ def pytest_runtest_logreport(report):
     """With FASTSCORE_REPORT_LOG set, append each outcome as it happens (a run killed at its time limit
     still says what passed and why things failed; under xdist this runs in the controller)."""
     path = os.environ.get(REPORT_LOG_ENV)
-    if not path or os.environ.get("PYTEST_XDIST_WORKER") or not (report.when == "call" or report.failed or report.skipped):
+    if not path or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if not (report.when == "call" or report.failed or report.skipped):
         return
     entry = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
              "duration": round(report.duration, 3)}

@@ -4,8 +4,7 @@ import pytest
 import torch
 import yaml
 
-from fastscore.config import (SCHEMA, Config, ConfigError, available_configs, default_config, get_sigmas,
-                              load_config)
+from fastscore.config import SCHEMA, Config, ConfigError, available_configs, default_config, get_sigmas, load_config
 
 # ermongroup/ncsn configs/anneal.yml, as distributed (comments included).
 NCSN_ANNEAL_YML = """\

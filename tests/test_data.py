@@ -45,7 +45,7 @@ def test_batch_order_is_a_function_of_seed_and_step():
     assert stream.per_epoch == 4
     full = _take(stream, 0, 10)  # crosses two epoch boundaries
     for start in (0, 3, 4, 6):
-        assert all(torch.equal(a, b) for a, b in zip(_take(stream, start, 10 - start), full[start:]))
+        assert all(torch.equal(a, b) for a, b in zip(_take(stream, start, 10 - start), full[start:], strict=True))
     # Each epoch: distinct indices, a different order from the next epoch, another seed differs.
     epoch0 = torch.cat(full[:4])
     assert len(set(epoch0.tolist())) == 20

@@ -1,4 +1,4 @@
-"""How the ext backend finds, checks and builds fastscore._C (fastscore/extension.py, fastscore/_build.py).
+"""How the ext backend finds, checks and builds fastscore._C (fastscore/backend/ext.py, _build.py).
 
 No compiler runs here: the decisions are tested on their own (build descriptions read from bytes,
 torch/python/ISA mismatches, the CUDA arch check), plus what the loaded extension says about itself.
@@ -8,8 +8,15 @@ import sys
 import pytest
 import torch
 
-from fastscore import _build, dispatch, extension
+from fastscore.backend import _build, dispatch, ext
 
+
+
+@pytest.fixture(autouse=True)
+def _no_explicit_build(monkeypatch):
+    """Tests that load afresh model an install or a cache: a FASTSCORE_EXT set for the whole run (the GPU
+    run sets one) would take precedence over both."""
+    monkeypatch.delenv(ext.EXT_ENV, raising=False)
 
 def _fake_library(tmp_path, info: dict) -> str:
     path = tmp_path / "_C.fake.so"
@@ -25,15 +32,15 @@ def _this_build(**changes) -> dict:
 
 def test_build_description_round_trips_through_the_binary(tmp_path):
     info = _this_build(cuda="13.0", arch="9.0")
-    assert extension.read_build_info(_fake_library(tmp_path, info)) == info
-    assert extension.mismatch(info) is None
+    assert ext.read_build_info(_fake_library(tmp_path, info)) == info
+    assert ext.mismatch(info) is None
 
 
 def test_library_without_description_is_refused(tmp_path):
     path = tmp_path / "other.so"
     path.write_bytes(b"\x7fELF nothing here")
-    assert extension.read_build_info(path) is None
-    assert "no build description" in extension.mismatch(None)
+    assert ext.read_build_info(path) is None
+    assert "no build description" in ext.mismatch(None)
 
 
 @pytest.mark.parametrize("changes,why", [
@@ -42,21 +49,21 @@ def test_library_without_description_is_refused(tmp_path):
     ({"python": "3.9"}, "built for python 3.9"),
 ])
 def test_build_for_another_torch_or_python_is_never_loaded(changes, why):
-    assert why in extension.mismatch(_this_build(**changes))
+    assert why in ext.mismatch(_this_build(**changes))
 
 
 def test_avx2_build_refused_on_cpu_without_avx2(monkeypatch):
     monkeypatch.setattr(_build, "cpu_has_avx2_fma", lambda: False)
-    assert "AVX2" in extension.mismatch(_this_build(cpu="AVX2"))
-    assert extension.mismatch(_this_build(cpu="DEFAULT")) is None
+    assert "AVX2" in ext.mismatch(_this_build(cpu="AVX2"))
+    assert ext.mismatch(_this_build(cpu="DEFAULT")) is None
 
 
 def test_stale_install_with_jit_disabled_gives_a_reason_and_other_backends_still_work(tmp_path, monkeypatch):
     stale = _fake_library(tmp_path, _this_build(torch="1.0.0"))
-    monkeypatch.setattr(extension, "_state", extension._State())
-    monkeypatch.setattr(extension, "_installed_path", lambda: stale)
-    monkeypatch.setenv(extension.JIT_ENV, "0")
-    reason = extension.unavailable_reason(torch.device("cpu"))
+    monkeypatch.setattr(ext, "_state", ext._State())
+    monkeypatch.setattr(ext, "_installed_path", lambda: stale)
+    monkeypatch.setenv(ext.JIT_ENV, "0")
+    reason = ext.unavailable_reason(torch.device("cpu"))
     assert "built against torch 1.0.0" in reason and "FASTSCORE_JIT=0" in reason
     assert dispatch.unavailable_reason("torch", "cpu") is None
 
@@ -68,7 +75,7 @@ def test_stale_install_with_jit_disabled_gives_a_reason_and_other_backends_still
     ("9.0a", (9, 0), True), ("9.0a", (10, 0), False), ("10.0f", (10, 0), True),
 ])
 def test_cuda_arch_list_decides_cuda_availability(arch, cap, ok):
-    assert extension.arch_supported(arch, *cap) is ok
+    assert ext.arch_supported(arch, *cap) is ok
 
 
 def test_cuda_build_decision_respects_the_override(monkeypatch):
@@ -81,8 +88,11 @@ def test_cuda_build_decision_respects_the_override(monkeypatch):
 
 
 def test_sources_ship_with_the_package():
-    src = extension.source_dir()
+    src = ext.source_dir()
     assert src is not None
+    # fastscore/csrc when installed, csrc/ beside the package in a checkout or an editable install
+    assert src in (_build.PACKAGE_DIR / "csrc", _build.PACKAGE_DIR.parent / "csrc")
+    assert (_build.PACKAGE_DIR / "__init__.py").is_file() and _build.PACKAGE_DIR.name == "fastscore"
     cpp, cu = _build.cpp_sources(src), _build.cuda_sources(src)
     assert cpp[0] == _build.MODULE_SOURCE and cu
     assert sorted(cpp) == sorted(p.relative_to(src).as_posix() for p in src.rglob("*.cpp"))
@@ -95,7 +105,7 @@ def _copy_sources(tmp_path):
     import shutil
 
     copy = tmp_path / "csrc"
-    shutil.copytree(extension.source_dir(), copy)
+    shutil.copytree(ext.source_dir(), copy)
     return copy
 
 
@@ -137,7 +147,7 @@ def _fake_build_dir(tmp_path, info: dict, sources: list[str], cflags: list[str])
     rule = f"rule mark\n  command = printf '%s' '{marker}' > $out\n"
     inputs = " ".join(sources)
     (build / "build.ninja").write_text(f"# cflags = {' '.join(cflags)}\n{rule}"
-                                       f"build {extension.JIT_NAME}.so: mark {inputs}\n")
+                                       f"build {ext.JIT_NAME}.so: mark {inputs}\n")
     subprocess.run(["ninja", "-C", str(build)], check=True, capture_output=True)
     return build
 
@@ -151,14 +161,14 @@ def test_cached_build_is_current_only_when_nothing_would_be_compiled(tmp_path):
     source.write_text("int a;\n")
     info, sources, cflags = _this_build(origin="jit"), [str(source)], ["-O3", "-DX=1"]
     build = _fake_build_dir(tmp_path, info, sources, cflags)
-    assert extension._cached_build_current(build, info, sources, cflags)
-    assert not extension._cached_build_current(build, dict(info, src="0123"), sources, cflags)  # other sources
-    assert not extension._cached_build_current(build, info, sources, cflags + ["-DY"])  # other flags
-    assert not extension._cached_build_current(build, info, sources + [str(tmp_path / "b.cpp")], cflags)
+    assert ext._cached_build_current(build, info, sources, cflags)
+    assert not ext._cached_build_current(build, dict(info, src="0123"), sources, cflags)  # other sources
+    assert not ext._cached_build_current(build, info, sources, cflags + ["-DY"])  # other flags
+    assert not ext._cached_build_current(build, info, sources + [str(tmp_path / "b.cpp")], cflags)
     later = time.time() + 10
     os.utime(source, (later, later))  # a source newer than the build: ninja would recompile
-    assert not extension._cached_build_current(build, info, sources, cflags)
-    assert not extension._cached_build_current(tmp_path / "nothing", info, sources, cflags)
+    assert not ext._cached_build_current(build, info, sources, cflags)
+    assert not ext._cached_build_current(tmp_path / "nothing", info, sources, cflags)
 
 
 @pytest.mark.parametrize("current", [True, False])
@@ -166,25 +176,36 @@ def test_compile_is_announced_only_when_it_happens(tmp_path, monkeypatch, capsys
     from torch.utils import cpp_extension
 
     calls = []
-    monkeypatch.setenv(extension.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(ext.CACHE_ENV, str(tmp_path))
     monkeypatch.setenv(_build.CUDA_ENV, "0")
-    monkeypatch.setattr(extension, "_cached_build_current", lambda *args: current)
+    monkeypatch.setattr(ext, "_cached_build_current", lambda *args: current)
     monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: calls.append(kwargs) or "module")
-    assert extension._jit_build("why") == "module"
-    assert [s.split("/csrc/")[-1] for s in calls[0]["sources"]] == _build.cpp_sources(extension.source_dir())
+    assert ext._jit_build("why") == "module"
+    assert [s.split("/csrc/")[-1] for s in calls[0]["sources"]] == _build.cpp_sources(ext.source_dir())
     err = capsys.readouterr().err
     assert ("compiling fastscore._C" in err) is (not current)
 
 
 def test_loaded_extension_describes_itself():
-    reason = dispatch.unavailable_reason("ext", "cpu")
+    reason = ext.unavailable_reason(torch.device("cpu"))
     if reason:
         pytest.skip(reason)
-    line = extension.describe()
+    line = ext.describe()
     assert f"torch {torch.__version__}" in line and line.startswith("ext: ")
-    info = extension._state.info
+    info = ext._state.info
     assert info["torch"] == torch.__version__ and info["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert info["origin"] in ("pip", "jit")
-    assert extension.read_build_info(extension._state.path) == info  # the marker the loader checked
-    assert extension._state.module.with_cuda is bool(info["cuda"])
-    assert _build.decode_info(extension._state.module.build_info()) == info
+    assert ext.read_build_info(ext._state.path) == info  # the marker the loader checked
+    assert ext._state.module.with_cuda is bool(info["cuda"])
+    assert _build.decode_info(ext._state.module.build_info()) == info
+
+
+def test_an_explicit_build_is_used_or_refused_by_name(tmp_path, monkeypatch):
+    """FASTSCORE_EXT names one library: never a fallback to the install or a compile."""
+    monkeypatch.setattr(ext, "_state", ext._State())
+    monkeypatch.setenv(ext.EXT_ENV, str(tmp_path / "missing.so"))
+    reason = ext.unavailable_reason(torch.device("cpu"))
+    assert f"{ext.EXT_ENV}=" in reason and "no such file" in reason
+    monkeypatch.setattr(ext, "_state", ext._State())
+    monkeypatch.setenv(ext.EXT_ENV, _fake_library(tmp_path, _this_build(torch="1.0.0")))
+    assert "built against torch 1.0.0" in ext.unavailable_reason(torch.device("cpu"))

@@ -2,18 +2,19 @@
 import pytest
 import torch
 
-from fastscore import dispatch
+from fastscore.backend import dispatch
 from fastscore.sampling import AnnealedLangevin
 
 from conftest import requires_cuda
 
 SIGMAS = [1.0, 0.5, 0.25]
+LEVELS = len(SIGMAS)
 
 
 class TinyScore(torch.nn.Module):
     """A small conv score model, conditional on the level through an embedding."""
 
-    def __init__(self, channels=3, levels=len(SIGMAS)):
+    def __init__(self, channels=3, levels=LEVELS):
         super().__init__()
         self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
         self.embed = torch.nn.Embedding(levels, channels)
@@ -62,5 +63,6 @@ def test_graph_inpainting_matches_eager():
     mask[..., :4, :] = 1
     kwargs = dict(n_steps_each=5, step_lr=1e-2)
     eager = AnnealedLangevin(model, SIGMAS, cuda_graph=False, **kwargs).inpaint(reference, mask, seed=3, progress=False)
-    graphed = AnnealedLangevin(model, SIGMAS, cuda_graph=True, **kwargs).inpaint(reference, mask, seed=3, progress=False)
+    graphed = AnnealedLangevin(model, SIGMAS, cuda_graph=True, **kwargs).inpaint(reference, mask, seed=3,
+                                                                                 progress=False)
     torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)

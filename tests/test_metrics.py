@@ -59,5 +59,5 @@ def test_classifier_cache_and_determinism():
     assert metrics.train_classifier(epochs=1, seed=3, width=8) is a
     b = metrics.train_classifier(epochs=1, seed=3, width=8, cache=False)
     assert b is not a
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)

@@ -13,11 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import backend_params
 from fastscore.config import load_config
-from fastscore.models import (CondRefineNetDeeperDilated, CondRefineNetDilated, NCSNv2, NCSNv2Deeper,
-                              build_model, load_ncsn_state_dict, ncsn_state_dict)
+from fastscore.models import (
+    CondRefineNetDeeperDilated,
+    CondRefineNetDilated,
+    NCSNv2,
+    NCSNv2Deeper,
+    build_model,
+    load_ncsn_state_dict,
+    ncsn_state_dict,
+)
 from fastscore.nn import CondInstanceNorm2d, CondInstanceNorm2dPlus, InstanceNorm2dPlus
+
+from conftest import backend_params
 
 
 @pytest.fixture(autouse=True)
@@ -239,7 +247,7 @@ def with_plain_norms(model):
     """A copy of `model` whose fastscore norms are replaced by PlainCondNormPlus (sharing weights)."""
     plain = __import__("copy").deepcopy(model)
     replaced = 0
-    for name, module in list(plain.named_modules()):
+    for _, module in list(plain.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, CondInstanceNorm2dPlus):
                 new = PlainActivated(PlainCondNormPlus(child.embed, child.num_features), child.activation)
@@ -520,7 +528,7 @@ def test_cuda_forward_backward_matches_plain_torch_norm(fuse, backend, device):
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, list(model.parameters()), g)
     expected_grads = torch.autograd.grad(expected, list(plain.parameters()), g)
-    for (name, _), a, b in zip(model.named_parameters(), grads, expected_grads):
+    for (name, _), a, b in zip(model.named_parameters(), grads, expected_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item() + 1e-6, msg=name)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out_bf16 = model(x, y)

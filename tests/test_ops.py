@@ -1,4 +1,5 @@
-"""Every backend's ops against fastscore.reference, forward and backward (DESIGN.md section 4).
+"""Every backend's ops against the reference (fastscore/backend/reference.py), forward and backward, and the one
+contract every op keeps on every backend: registration, gradients, what is differentiable.
 
 The same tests run for every backend that works on every visible device: on this CPU-only machine the
 torch backend, the ext CPU kernels and the Triton kernels in the interpreter; on a GPU the CUDA
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 import fastscore
-from fastscore import reference
+import fastscore.ops  # registers torch.ops.fastscore.*
+from fastscore.backend import reference
 
 from conftest import backend_params, poisoned_empty, reference_norm, tolerances
 
@@ -76,9 +78,10 @@ def test_norm_forward_backward(backend, device, dtype, channels_last, activation
         # of terms that cancel: float32 rounding grows with that factor. Parameter grads are sums over
         # N*H*W terms. Scale each tolerance accordingly.
         rstd_max = (x.detach().double().var((2, 3), unbiased=False) + 1e-5).rsqrt().max().item()
-        for name, g, g_ref, g_32 in zip(("dx", "dgamma", "dalpha", "dbeta"), grads, grads_ref, grads_32):
+        for name, g, g_ref, g_32 in zip(("dx", "dgamma", "dalpha", "dbeta"), grads, grads_ref, grads_32, strict=False):
             scale = max(1.0, rstd_max / 10) if name == "dx" else max(1.0, g_ref.abs().max().item())
-            assert_close(g / scale, g_ref / scale, dtype, f"{name} {shape}", 2 * (g_32 - g_ref).abs().max().item() / scale)
+            assert_close(g / scale, g_ref / scale, dtype, f"{name} {shape}",
+                         2 * (g_32 - g_ref).abs().max().item() / scale)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -176,3 +179,67 @@ def test_langevin_step_takes_stream_position_and_step_as_tensors(backend, device
     fastscore.langevin_step_(x, score, t(2e-3, torch.float32), t(2**40 + 5, torch.int64), t(123, torch.int64),
                              t(0.05, torch.float32), backend=backend)
     assert_close(x, want, torch.float32, "x")
+
+
+# ---- the one contract: registration, gradients, what is differentiable ------------------------------
+
+def _norm_args(device, dtype=torch.float32, channels_last=False):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = make((2, 3, 4, 5), dtype, device, fmt, shift=0.3).requires_grad_()
+    gamma = make((2, 3), dtype, device, shift=1.0).requires_grad_()
+    alpha = make((3,), dtype, device).requires_grad_()
+    beta = make((2, 3), dtype, device).requires_grad_()
+    return x, gamma, alpha, beta
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_every_op_passes_opcheck(backend, device):
+    """Schemas, fake kernels and the autograd registration of every public op, on every backend."""
+    ops = torch.ops.fastscore
+    for channels_last in (False, True):
+        x, gamma, alpha, beta = _norm_args(device, channels_last=channels_last)
+        torch.library.opcheck(ops.cond_instance_norm_plus, (x, gamma, alpha, beta, 1e-5, 1, backend))
+        torch.library.opcheck(ops.cond_instance_norm_plus, (x, gamma, alpha, None, 1e-5, 0, backend))
+        y, mean, rstd = ops.cond_instance_norm_plus(x, gamma, alpha, beta, 1e-5, 2, backend)
+        dy = torch.randn_like(y)
+        torch.library.opcheck(ops.cond_instance_norm_plus_backward,
+                              (dy, x.detach(), gamma.detach(), alpha.detach(), beta.detach(), mean, rstd, 1e-5, 2,
+                               backend))
+        sigma = torch.rand(2, device=device) + 0.1
+        torch.library.opcheck(ops.perturb, (x.detach().clone().requires_grad_(), sigma, 11, 2**40 + 3, backend))
+        torch.library.opcheck(ops.dsm_loss_per_sample, (x.detach().clone().requires_grad_(), sigma, 7, 9, 2.0, backend))
+        torch.library.opcheck(ops.dsm_loss_backward, (torch.rand(2, device=device), x.detach(), sigma, 7, 9, 1.5,
+                                                      backend))
+        step = torch.tensor([1e-3], device=device)
+        torch.library.opcheck(ops.langevin_step_, (x.detach().clone(), torch.randn_like(x), 1e-3, 4, 6, 0.05,
+                                                   None, None, None, None, backend))
+        torch.library.opcheck(ops.langevin_step_, (x.detach().clone(), torch.randn_like(x), 0.0, 4, 0, -1.0,
+                                                   step, None, torch.tensor([6], device=device), None, backend))
+    torch.library.opcheck(ops.randn_, (torch.empty(37, device=device), 5, 3, backend))
+
+
+@pytest.mark.parametrize("backend,device", backend_params(names=("torch", "ext")))
+def test_gradcheck_in_float64(backend, device):
+    """The one autograd, over the backward primitives of each backend that computes in float64."""
+    x, gamma, alpha, beta = _norm_args(device, torch.float64)
+    for activation in (None, "elu"):
+        assert torch.autograd.gradcheck(
+            lambda *t, activation=activation: fastscore.cond_instance_norm_plus(*t, activation=activation,
+                                                                                backend=backend),
+            (x, gamma, alpha, beta))
+    sigma = torch.rand(2, dtype=torch.float64, device=device) + 0.5
+    assert torch.autograd.gradcheck(lambda t: fastscore.perturb(t, sigma, 4, 10, backend=backend), (x,))
+    for reduction in ("mean", "none"):
+        assert torch.autograd.gradcheck(
+            lambda t, reduction=reduction: fastscore.dsm_loss(t, sigma, 4, 10, 1.5, reduction, backend=backend),
+            (x,))
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_sigma_is_a_constant_of_the_objective(backend, device):
+    """sigma, a noise level, gets no gradient from perturb or dsm_loss, on every backend alike."""
+    x = make((3, 2, 4, 4), torch.float32, device).requires_grad_()
+    sigma = (torch.rand(3, device=device) + 0.1).requires_grad_()
+    loss = fastscore.dsm_loss(fastscore.perturb(x, sigma, 8, 0, backend=backend) * 2, sigma, 8, 0, backend=backend)
+    dx, dsigma = torch.autograd.grad(loss, (x, sigma), allow_unused=True)
+    assert dsigma is None and dx is not None and torch.isfinite(dx).all()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastscore import reference
+from fastscore.backend import reference
 from fastscore.noise import randn as noise_randn
 
 
@@ -108,7 +108,7 @@ def test_gradcheck_perturb_and_dsm_loss():
     sigma = (torch.rand(3, dtype=torch.float64) + 0.2).requires_grad_()
     assert torch.autograd.gradcheck(lambda x, s: reference.perturb(x, s, 4, 10), (x, sigma))
     for reduction in ("mean", "sum", "none"):
-        fn = lambda sc, s: reference.dsm_loss(sc, s, 4, 10, 2.0, reduction)  # noqa: E731
+        fn = lambda sc, s, reduction=reduction: reference.dsm_loss(sc, s, 4, 10, 2.0, reduction)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (scores, sigma))
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastscore
-from fastscore import reference
+from fastscore.backend import reference
 from fastscore.sampling import AnnealedLangevin, uniform_init
 
 from conftest import requires_cuda
@@ -200,7 +200,8 @@ def test_inpainting_step_matches_written_out_loop():
     mask = torch.rand(2, 1, 3, 3) > 0.5
     model = GaussianScore(sigmas)
     x0 = torch.rand(2, 1, 3, 3)
-    out = AnnealedLangevin(model, sigmas, n_steps_each=2, step_lr=0.05).inpaint(ref, mask, seed=3, progress=False, x_init=x0)
+    sampler = AnnealedLangevin(model, sigmas, n_steps_each=2, step_lr=0.05)
+    out = sampler.inpaint(ref, mask, seed=3, progress=False, x_init=x0)
     x, offset = x0.clone(), 0
     for level, sigma in enumerate(sigmas):
         labels = torch.full((2,), level, dtype=torch.long)
@@ -248,7 +249,8 @@ def test_bad_sample_calls():
 def test_cuda_follows_the_cpu_trajectory():
     """The noise and the start depend on the seed only, so a GPU run follows the CPU one to rounding."""
     model = GaussianScore(SIGMAS)
-    cpu = AnnealedLangevin(model, SIGMAS, n_steps_each=10, step_lr=0.01, shape=(3, 8, 8)).sample(16, seed=5, progress=False)
-    gpu = AnnealedLangevin(model.cuda(), SIGMAS, n_steps_each=10, step_lr=0.01, shape=(3, 8, 8)).sample(16, seed=5, progress=False)
+    settings = dict(n_steps_each=10, step_lr=0.01, shape=(3, 8, 8))
+    cpu = AnnealedLangevin(model, SIGMAS, **settings).sample(16, seed=5, progress=False)
+    gpu = AnnealedLangevin(model.cuda(), SIGMAS, **settings).sample(16, seed=5, progress=False)
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)

@@ -15,7 +15,7 @@ def log_density(x, sigma):
     var = 1.0 + sigma**2
     terms = [
         math.log(w) - ((x - torch.tensor(m, dtype=x.dtype)) ** 2).sum(-1) / (2 * var) - math.log(2 * math.pi * var)
-        for w, m in zip(toy.WEIGHTS, toy.MEANS)
+        for w, m in zip(toy.WEIGHTS, toy.MEANS, strict=True)
     ]
     return torch.logsumexp(torch.stack(terms), dim=0)
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from fastscore import dispatch
+from fastscore.backend import dispatch
 
 
 def _compile_all() -> list[str]:
@@ -59,8 +59,7 @@ def _compile_all() -> list[str]:
           ones=flat_ones)
     build(score_matching._partial_kernel, dict(CHANNELS_LAST=True, GROUPS=128, BLOCK_C=4), ones=("C",))
     build(noise._randn_kernel, dict(GROUPS=512, BLOCK_C=1))
-    for reduction in (0, 2):
-        build(score_matching._finish_kernel, dict(REDUCTION=reduction, BLOCK_N=64, BLOCK_K=32), ones=("N", "chunks"))
+    build(score_matching._finish_kernel, dict(BLOCK_N=64, BLOCK_K=32), ones=("N", "chunks"))
     for act, blocks in ((1, (1, 4096)), (2, (32, 128))):
         tile = dict(BLOCK_P=blocks[0], BLOCK_HW=blocks[1])
         kinds = dict(tile, ACT=act, HAS_BETA=act == 1)

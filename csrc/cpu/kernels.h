@@ -6,7 +6,7 @@
 // dtypes (FASTSCORE_CPU_DTYPES). That keeps the kernels' translation units on the scalar-type,
 // parallel and vector headers alone: the tensor and dispatcher headers (ATen/core/Tensor.h,
 // torch/library.h) take seconds to parse per translation unit, and they are parsed once, in ops.cpp.
-// This matters for the first-use compile (fastscore/extension.py).
+// This matters for the first-use compile (fastscore/backend/ext.py).
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -25,7 +25,7 @@ namespace cpu {
 template <typename scalar_t>
 using acc_type = at::opmath_type<scalar_t>;
 
-// ---- cond_instance_norm_plus (norm_forward.cpp, norm_backward.cpp) ------------------------------
+// ---- norm_forward, norm_backward (norm_forward.cpp, norm_backward.cpp) ----------------------------
 
 // x as the norm kernels walk it: N samples of C planes of HW elements, NCHW or channels_last.
 struct Shape {
@@ -70,7 +70,8 @@ struct NormBackwardArgs {
   const acc_t* mean;   // (N, C): the forward's statistics
   const acc_t* rstd;
   acc_t *scale, *shift, *S1, *S2, *c1, *c2, *c3;  // (N, C) scratch
-  acc_t *dgamma, *dalpha, *dbeta;                 // (N, C) outputs: per-sample parameter grads
+  acc_t *dgamma, *dalpha, *dbeta;                 // (N, C) outputs: per-sample parameter grads; dbeta null
+                                                  // when there is no beta
   NormParams<acc_t> params;
 };
 

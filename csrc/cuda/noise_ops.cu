@@ -1,4 +1,4 @@
-// CUDA kernels of the noise-using ops: normal_, perturb, dsm_loss (per-sample forward, backward) and
+// CUDA kernels of the noise-using ops: normal_, perturb, dsm_per_sample, dsm_backward and
 // langevin_step_. Each thread owns one 16-byte pack of consecutive logical elements, draws their
 // normals from (seed, offset + index) in registers (philox.h, the CPU kernels' code), and never
 // keeps generator state between calls, so CUDA graphs can replay them with a device-side offset
@@ -68,7 +68,7 @@ struct NormalF {
 };
 
 // out = a[n] * x + b[n] * z with per-sample coefficients: perturb (a = 1, b = sigma) and the
-// dsm_loss backward (a = g sigma^p, b = g sigma^(p - 1)).
+// dsm backward (a = g sigma^p, b = g sigma^(p - 1)).
 template <typename scalar_t, bool kVec>
 struct AffineNoiseF {
   using acc_t = at::opmath_type<scalar_t>;
@@ -170,7 +170,7 @@ void launch_walk(int64_t total, int64_t seed, int64_t offset, const F& f, const 
 }
 
 void normal_cuda(at::Tensor out, int64_t seed, int64_t offset) {
-  constexpr const char* op = "fastscore::normal_";
+  constexpr const char* op = "fastscore_ext::normal_";
   check_float_tensor(op, "out", out);
   check_seed_offset(op, seed, offset, out.numel());
   if (out.numel() == 0) return;
@@ -204,7 +204,7 @@ void launch_affine(const at::Tensor& x, at::Tensor& out, const at::Tensor* a, co
 }
 
 at::Tensor perturb_cuda(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset) {
-  constexpr const char* op = "fastscore::perturb";
+  constexpr const char* op = "fastscore_ext::perturb";
   check_float_tensor(op, "x", x_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, x_in, "x");
   check_seed_offset(op, seed, offset, x_in.numel());
@@ -257,9 +257,9 @@ __global__ void dsm_partial_kernel(const scalar_t* scores, const at::opmath_type
   if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
-at::Tensor dsm_loss_cuda(const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
+at::Tensor dsm_per_sample_cuda(const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
                          double power) {
-  constexpr const char* op = "fastscore::dsm_loss";
+  constexpr const char* op = "fastscore_ext::dsm_per_sample";
   check_float_tensor(op, "scores", scores_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
   check_seed_offset(op, seed, offset, scores_in.numel());
@@ -269,7 +269,7 @@ at::Tensor dsm_loss_cuda(const at::Tensor& scores_in, const at::Tensor& sigma_in
   const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
   const int64_t pieces = (d + kPiece - 1) / kPiece;
   at::Tensor partial = at::empty({n_samples, pieces}, sigma.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_loss_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_per_sample_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = scores.data_ptr<scalar_t>();
     const bool vec = aligned16(sp) && d % Vec<scalar_t>::size == 0;
@@ -288,9 +288,9 @@ at::Tensor dsm_loss_cuda(const at::Tensor& scores_in, const at::Tensor& sigma_in
   return partial.sum(1).mul_(sigma.pow(power)).mul_(0.5);
 }
 
-at::Tensor dsm_loss_backward_cuda(const at::Tensor& grad_in, const at::Tensor& scores_in, const at::Tensor& sigma_in,
+at::Tensor dsm_backward_cuda(const at::Tensor& grad_in, const at::Tensor& scores_in, const at::Tensor& sigma_in,
                                   int64_t seed, int64_t offset, double power) {
-  constexpr const char* op = "fastscore::dsm_loss_backward";
+  constexpr const char* op = "fastscore_ext::dsm_backward";
   check_float_tensor(op, "scores", scores_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
   check_float_tensor(op, "grad", grad_in);
@@ -304,7 +304,7 @@ at::Tensor dsm_loss_backward_cuda(const at::Tensor& grad_in, const at::Tensor& s
   const at::Tensor a = (grad_in.to(sigma.scalar_type()) * sigma.pow(power)).contiguous();
   const at::Tensor b = (a / sigma).contiguous();
   at::Tensor out = at::empty_like(scores);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_loss_backward_cuda",
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_backward_cuda",
                                   [&] { launch_affine<scalar_t>(scores, out, &a, b, seed, offset); });
   return out;
 }
@@ -313,7 +313,7 @@ void langevin_step_cuda(at::Tensor x, const at::Tensor& score_in, double step_si
                         double noise_scale, const c10::optional<at::Tensor>& step_t,
                         const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t,
                         const c10::optional<at::Tensor>& noise_t) {
-  constexpr const char* op = "fastscore::langevin_step_";
+  constexpr const char* op = "fastscore_ext::langevin_step_";
   check_float_tensor(op, "x", x);
   check_float_tensor(op, "score", score_in);
   TORCH_CHECK(score_in.sizes() == x.sizes(), op, ": score must have x's shape ", x.sizes(), ", got ",
@@ -377,7 +377,7 @@ __global__ void philox_kernel(const int64_t* words, int64_t m, int64_t* out) {
 }
 
 at::Tensor philox_cuda(const at::Tensor& words_in) {
-  constexpr const char* op = "fastscore::philox4x32_10";
+  constexpr const char* op = "fastscore_ext::philox4x32_10";
   TORCH_CHECK(words_in.scalar_type() == at::kLong && words_in.dim() == 2 && words_in.size(1) == 6, op,
               ": words must be an int64 tensor of shape (M, 6), got ", words_in.scalar_type(), " ", words_in.sizes());
   const c10::cuda::CUDAGuard guard(words_in.device());
@@ -393,11 +393,11 @@ at::Tensor philox_cuda(const at::Tensor& words_in) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastscore, CUDA, m) {
+TORCH_LIBRARY_IMPL(fastscore_ext, CUDA, m) {
   m.impl("normal_", &normal_cuda);
   m.impl("perturb", &perturb_cuda);
-  m.impl("dsm_loss", &dsm_loss_cuda);
-  m.impl("dsm_loss_backward", &dsm_loss_backward_cuda);
+  m.impl("dsm_per_sample", &dsm_per_sample_cuda);
+  m.impl("dsm_backward", &dsm_backward_cuda);
   m.impl("langevin_step_", &langevin_step_cuda);
   m.impl("philox4x32_10", &philox_cuda);
 }

@@ -1,4 +1,4 @@
-// CUDA kernels of cond_instance_norm_plus, forward and backward, NCHW and channels_last.
+// CUDA kernels of norm_forward and norm_backward (CondInstanceNorm++), NCHW and channels_last.
 //
 // forward:  stats (one block per NCHW plane, or per (n, 32 channels) for channels_last)
 //           -> coeffs (one thread per sample, ../norm_math.h) -> apply (16-byte packs over all of x)
@@ -254,7 +254,7 @@ __global__ void backward_coeffs_kernel(int64_t N, int64_t C, int64_t hw, double 
   if (n >= N) return;
   const int64_t o = n * C;
   backward_coeffs(mu + o, rstd + o, S1 + o, S2 + o, C, hw, eps, params_of(g, a, b, per_sample, n, C), dg + o, da + o,
-                  db + o, c1 + o, c2 + o, c3 + o);
+                  db ? db + o : nullptr, c1 + o, c2 + o, c3 + o);
 }
 
 // ---- element passes ---------------------------------------------------------------------------------
@@ -424,7 +424,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cuda(const at::Tenso
                                                                  const at::Tensor& alpha_in,
                                                                  const c10::optional<at::Tensor>& beta_in, double eps,
                                                                  int64_t act) {
-  const Problem p = make_problem("fastscore::cond_instance_norm_plus", x_in, gamma_in, alpha_in, beta_in, eps, act);
+  const Problem p = make_problem("fastscore_ext::norm_forward", x_in, gamma_in, alpha_in, beta_in, eps, act);
   const c10::cuda::CUDAGuard guard(p.x.device());
   const auto acc = p.x.options().dtype(acc_dtype(p.x.scalar_type()));
   at::Tensor y = at::empty_like(p.x);
@@ -455,7 +455,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& alpha_in,
     const c10::optional<at::Tensor>& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in, double eps,
     int64_t act) {
-  constexpr const char* op = "fastscore::cond_instance_norm_plus_backward";
+  constexpr const char* op = "fastscore_ext::norm_backward";
   const Problem p = make_problem(op, x_in, gamma_in, alpha_in, beta_in, eps, act);
   check_float_tensor(op, "grad_y", grad_y);
   TORCH_CHECK(grad_y.sizes() == x_in.sizes(), op, ": grad_y must have x's shape ", x_in.sizes(), ", got ",
@@ -477,7 +477,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cuda(
   const auto acc = p.x.options().dtype(acc_type);
   auto nc = [&] { return at::empty({p.N, p.C}, acc); };
   at::Tensor scale = nc(), shift = nc(), S1 = nc(), S2 = nc(), c1 = nc(), c2 = nc(), c3 = nc();
-  at::Tensor dgamma = nc(), dalpha = nc(), dbeta = nc();
+  at::Tensor dgamma = nc(), dalpha = nc();
+  at::Tensor dbeta = p.beta ? nc() : at::empty({0}, acc);
   at::Tensor dx = at::empty_like(p.x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.x.scalar_type(), "norm_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -506,8 +507,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cuda(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     backward_coeffs_kernel<acc_t><<<grid_for(p.N, 128), 128, 0, stream>>>(
         p.N, p.C, p.HW, eps, mu, rs, A(S1), A(S2), p.gamma.data_ptr<acc_t>(), p.alpha.data_ptr<acc_t>(),
-        p.beta ? p.beta->data_ptr<acc_t>() : nullptr, p.gamma.dim() == 2, A(dgamma), A(dalpha), A(dbeta), A(c1), A(c2),
-        A(c3));
+        p.beta ? p.beta->data_ptr<acc_t>() : nullptr, p.gamma.dim() == 2, A(dgamma), A(dalpha),
+        p.beta ? A(dbeta) : nullptr, A(c1), A(c2), A(c3));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t total = p.x.numel();
     const unsigned grid = grid_for((total + Vec<scalar_t>::size - 1) / Vec<scalar_t>::size);
@@ -520,18 +521,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cuda(
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  auto reduce = [](const at::Tensor& g, const at::Tensor& like) {
-    return (like.dim() == 1 ? g.sum(0) : g).to(like.scalar_type());
-  };
-  const bool has_beta = beta_in.has_value() && beta_in->defined();
-  return {dx, reduce(dgamma, gamma_in), reduce(dalpha, alpha_in), reduce(dbeta, has_beta ? *beta_in : gamma_in)};
+  return {dx, dgamma, dalpha, dbeta};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastscore, CUDA, m) {
-  m.impl("cond_instance_norm_plus", &norm_forward_cuda);
-  m.impl("cond_instance_norm_plus_backward", &norm_backward_cuda);
+TORCH_LIBRARY_IMPL(fastscore_ext, CUDA, m) {
+  m.impl("norm_forward", &norm_forward_cuda);
+  m.impl("norm_backward", &norm_backward_cuda);
 }
 
 }  // namespace cuda

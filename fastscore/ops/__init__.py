@@ -1,4 +1,5 @@
-"""The public fused ops: input checks, then the backend chosen by fastscore.dispatch."""
+"""The public fused ops: input checks, one torch.library registration and one autograd each, over the
+primitives of the backend chosen by fastscore.backend.dispatch."""
 from .dsm import dsm_loss, perturb
 from .langevin import langevin_step_
 from .norm import cond_instance_norm_plus

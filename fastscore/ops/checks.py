@@ -16,7 +16,7 @@ def can_read_values() -> bool:
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
-def tensor(name: str, t, *, dim: int | None = None, min_dim: int = 1) -> torch.Tensor:
+def tensor(name: str, t: object, *, dim: int | None = None, min_dim: int = 1) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
@@ -35,18 +35,18 @@ def same_device(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) ->
         raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; they must share a device")
 
 
-def per_channel(name: str, p, x: torch.Tensor, optional: bool = False) -> None:
+def per_channel(name: str, p: object, x: torch.Tensor, optional: bool = False) -> None:
     """gamma/alpha/beta: (N, C) or (C,) on x's device."""
     if p is None and optional:
         return
-    tensor(name, p)
+    p = tensor(name, p)
     n, c = x.shape[0], x.shape[1]
     if tuple(p.shape) not in ((n, c), (c,)):
         raise ValueError(f"{name} must have shape (N, C) = ({n}, {c}) or (C,) = ({c},), got {tuple(p.shape)}")
     same_device(name, p, "x", x)
 
 
-def finite_number(name: str, value, *, positive: bool = False, non_negative: bool = False) -> None:
+def finite_number(name: str, value: object, *, positive: bool = False, non_negative: bool = False) -> None:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
@@ -63,9 +63,9 @@ def finite_number(name: str, value, *, positive: bool = False, non_negative: boo
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-def sigma(s, x: torch.Tensor, x_name: str) -> None:
+def sigma(s: object, x: torch.Tensor, x_name: str) -> None:
     """sigma: (N,) positive finite noise levels on x's device."""
-    tensor("sigma", s, dim=1)
+    s = tensor("sigma", s, dim=1)
     if s.shape[0] != x.shape[0]:
         raise ValueError(f"sigma must have shape (N,) = ({x.shape[0]},) to match {x_name}, got {tuple(s.shape)}")
     same_device("sigma", s, x_name, x)
@@ -77,12 +77,12 @@ def sigma(s, x: torch.Tensor, x_name: str) -> None:
         raise ValueError(f"sigma must be > 0, got min {s.min().item()}")
 
 
-def choice(name: str, value, allowed: tuple) -> None:
+def choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
-def stream_position(name: str, value, x: torch.Tensor) -> None:
+def stream_position(name: str, value: torch.Tensor, x: torch.Tensor) -> None:
     """A seed or offset given as a one-element int64 tensor on x's device (so a captured CUDA graph can
     advance it between replays). Its value is not read here: that would synchronise the device."""
     if value.dtype != torch.int64 or value.numel() != 1:

@@ -1,42 +1,127 @@
-"""The denoising score-matching pair: perturb draws z from (seed, offset), dsm_loss regenerates it."""
+"""The denoising score-matching pair: perturb draws z from (seed, offset), dsm_loss regenerates it.
+
+Each is registered once (torch.ops.fastscore.perturb, .dsm_loss_per_sample and its backward) with one
+autograd formula over the chosen backend's primitives; the loss's reduction is written here, once.
+sigma, a noise level, is a constant of the objective: it gets no gradient, on any backend.
+"""
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
-from .. import dispatch
+from ..backend.dispatch import module as backend_module
+from ..backend.dispatch import resolved as resolved_backend
+from ..backend.protocol import acc_dtype, dense, like
 from ..noise import check_seed_offset
 from . import checks
 
+Tensor = torch.Tensor
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def perturb(x: torch.Tensor, sigma: torch.Tensor, seed: int, offset: int = 0, *, backend: str | None = None):
-    """x + sigma[n] * z, with z.flatten()[i] = normal(seed, offset + i)."""
+def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int = 0, *, backend: str | None = None) -> Tensor:
+    """x + sigma[n] * z, with z.flatten()[i] = normal(seed, offset + i); in x's dtype and memory format.
+    Differentiable in x (the identity); sigma gets no gradient."""
     checks.tensor("x", x)
     checks.sigma(sigma, x, "x")
     check_seed_offset(seed, offset, x.numel())
-    return dispatch.resolve(backend, x.device).perturb(x, sigma, seed, offset)
+    out: Tensor = torch.ops.fastscore.perturb(dense(x), sigma, int(seed), int(offset),
+                                              resolved_backend(backend, x.device))
+    return out
 
 
 def dsm_loss(
-    scores: torch.Tensor,
-    sigma: torch.Tensor,
+    scores: Tensor,
+    sigma: Tensor,
     seed: int,
     offset: int = 0,
     anneal_power: float = 2.0,
     reduction: str = "mean",
     *,
     backend: str | None = None,
-) -> torch.Tensor:
-    """l[n] = 0.5 * sigma[n]^p * sum_d (scores[n, d] + z[n, d] / sigma[n])^2 with the z of perturb.
+) -> Tensor:
+    """l[n] = 0.5 * sigma[n]^p * sum_d (scores[n, d] + z[n, d] / sigma[n])^2 with the z of perturb,
+    reduced by "mean" (default), "sum" or "none" (the (N,) losses, in float32; float64 for float64).
 
     Called with the (seed, offset) that perturbed the data, this is ncsn's anneal_dsm_score_estimation;
-    the noise is regenerated, never stored. Differentiable in scores.
+    the noise is regenerated, never stored. Differentiable in scores; sigma gets no gradient.
     """
     checks.tensor("scores", scores)
     checks.sigma(sigma, scores, "scores")
     check_seed_offset(seed, offset, scores.numel())
     checks.finite_number("anneal_power", anneal_power)
     checks.choice("reduction", reduction, REDUCTIONS)
-    impl = dispatch.resolve(backend, scores.device)
-    return impl.dsm_loss(scores, sigma, seed, offset, float(anneal_power), reduction)
+    per_sample: Tensor = torch.ops.fastscore.dsm_loss_per_sample(
+        dense(scores), sigma, int(seed), int(offset), float(anneal_power), resolved_backend(backend, scores.device))
+    return reduce_losses(per_sample, reduction)
+
+
+def reduce_losses(per_sample: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+# ---- registration and autograd ---------------------------------------------------------------------
+
+@torch.library.custom_op("fastscore::perturb", mutates_args=())
+def _perturb(x: Tensor, sigma: Tensor, seed: int, offset: int, backend: str) -> Tensor:
+    return like(backend_module(backend).perturb(x, sigma, seed, offset), x)
+
+
+@_perturb.register_fake
+def _(x: Tensor, sigma: Tensor, seed: int, offset: int, backend: str) -> Tensor:
+    return torch.empty_like(x)
+
+
+def _perturb_setup(ctx: Any, inputs: tuple[Tensor, Tensor, int, int, str], output: Tensor) -> None:
+    ctx.x_dtype = inputs[0].dtype
+
+
+def _perturb_grad(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+    return grad.to(ctx.x_dtype), None, None, None, None
+
+
+_perturb.register_autograd(_perturb_grad, setup_context=_perturb_setup)
+
+
+@torch.library.custom_op("fastscore::dsm_loss_per_sample", mutates_args=())
+def _dsm(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, backend: str) -> Tensor:
+    return backend_module(backend).dsm_per_sample(scores, sigma, seed, offset, anneal_power)
+
+
+@_dsm.register_fake
+def _(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, backend: str) -> Tensor:
+    return scores.new_empty(scores.shape[:1], dtype=acc_dtype(scores))
+
+
+@torch.library.custom_op("fastscore::dsm_loss_backward", mutates_args=())
+def _dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float,
+                  backend: str) -> Tensor:
+    return like(backend_module(backend).dsm_backward(grad, scores, sigma, seed, offset, anneal_power), scores)
+
+
+@_dsm_backward.register_fake
+def _(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float,
+      backend: str) -> Tensor:
+    return torch.empty_like(scores)
+
+
+def _dsm_setup(ctx: Any, inputs: tuple[Tensor, Tensor, int, int, float, str], output: Tensor) -> None:
+    scores, sigma, seed, offset, anneal_power, backend = inputs
+    ctx.save_for_backward(scores, sigma)
+    ctx.args = (seed, offset, anneal_power, backend)
+
+
+def _dsm_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
+    scores, sigma = ctx.saved_tensors
+    dscores = None
+    if ctx.needs_input_grad[0]:
+        dscores = torch.ops.fastscore.dsm_loss_backward(grad.contiguous(), scores, sigma, *ctx.args)
+    return dscores, None, None, None, None, None
+
+
+_dsm.register_autograd(_dsm_grad, setup_context=_dsm_setup)

@@ -1,23 +1,31 @@
-"""langevin_step_: one in-place Langevin update with noise from (seed, offset)."""
+"""langevin_step_: one in-place Langevin update with noise from (seed, offset), registered once as
+torch.ops.fastscore.langevin_step_ over the chosen backend's primitive."""
 from __future__ import annotations
+
+from typing import TypeVar
 
 import torch
 
-from .. import dispatch
+from ..backend.dispatch import module as backend_module
+from ..backend.dispatch import resolved as resolved_backend
+from ..backend.protocol import Number, Position, dense, like
 from ..noise import check_seed_offset
 from . import checks
 
+Tensor = torch.Tensor
+_T = TypeVar("_T")
+
 
 def langevin_step_(
-    x: torch.Tensor,
-    score: torch.Tensor,
-    step_size,
-    seed: int,
-    offset: int = 0,
-    noise_scale=None,
+    x: Tensor,
+    score: Tensor,
+    step_size: Number,
+    seed: Position,
+    offset: Position = 0,
+    noise_scale: Number | None = None,
     *,
     backend: str | None = None,
-) -> torch.Tensor:
+) -> Tensor:
     """x <- x + step_size * score + noise_scale * z in place; noise_scale defaults to sqrt(2 step_size).
 
     step_size and noise_scale are numbers or one-element float tensors on x's device; seed and offset
@@ -32,12 +40,47 @@ def langevin_step_(
     checks.finite_number("step_size", step_size, non_negative=True)
     if noise_scale is not None:
         checks.finite_number("noise_scale", noise_scale, non_negative=True)
-    tensors = [(n, v) for n, v in (("seed", seed), ("offset", offset)) if isinstance(v, torch.Tensor)]
-    for name, value in tensors:
-        checks.stream_position(name, value, x)
-    if not tensors:
+    positions = [(n, v) for n, v in (("seed", seed), ("offset", offset)) if isinstance(v, torch.Tensor)]
+    for name, position in positions:
+        checks.stream_position(name, position, x)
+    if not positions:
         check_seed_offset(seed, offset, x.numel())
-    for name, value in (("step_size", step_size), ("noise_scale", noise_scale)):
+    for name, coefficient in (("step_size", step_size), ("noise_scale", noise_scale)):
+        if isinstance(coefficient, torch.Tensor):
+            checks.same_device(name, coefficient, "x", x)
+    # Numbers go to the op as numbers, tensors as tensors the kernel reads on the device (never here).
+    numbers: list[int | float] = []
+    tensors: list[Tensor | None] = []
+    for value, kind in ((step_size, float), (seed, int), (offset, int), (noise_scale, float)):
         if isinstance(value, torch.Tensor):
-            checks.same_device(name, value, "x", x)
-    return dispatch.resolve(backend, x.device).langevin_step_(x, score, step_size, seed, offset, noise_scale)
+            numbers.append(kind(0))
+            tensors.append(value)
+        else:
+            numbers.append(kind(-1.0 if value is None else value))
+            tensors.append(None)
+    target = dense(x)  # the kernels update memory in place: a strided x is updated through a dense copy
+    torch.ops.fastscore.langevin_step_(target, like(score, target), *numbers, *tensors,
+                                       resolved_backend(backend, x.device))
+    if target is not x:
+        x.copy_(target)
+    return x
+
+
+@torch.library.custom_op("fastscore::langevin_step_", mutates_args=("x",))
+def _langevin_step_(x: Tensor, score: Tensor, step_size: float, seed: int, offset: int, noise_scale: float,
+                    step_size_t: Tensor | None, seed_t: Tensor | None, offset_t: Tensor | None,
+                    noise_scale_t: Tensor | None, backend: str) -> None:
+    """noise_scale < 0 stands for None (sqrt(2 step_size)); a given *_t tensor replaces its number."""
+    def pick(tensor: Tensor | None, number: _T) -> Tensor | _T:
+        return tensor if tensor is not None else number
+
+    scale = pick(noise_scale_t, None if noise_scale < 0 else noise_scale)
+    backend_module(backend).langevin_step_(x, score, pick(step_size_t, step_size), pick(seed_t, seed),
+                                           pick(offset_t, offset), scale)
+
+
+@_langevin_step_.register_fake
+def _(x: Tensor, score: Tensor, step_size: float, seed: int, offset: int, noise_scale: float,
+      step_size_t: Tensor | None, seed_t: Tensor | None, offset_t: Tensor | None, noise_scale_t: Tensor | None,
+      backend: str) -> None:
+    return None

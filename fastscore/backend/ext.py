@@ -12,8 +12,10 @@ Loading, in order, the first time a backend is probed:
      ~/.cache/fastscore), announced with one line on stderr; later processes reuse the cache (no line
      then: the cached build carries this process's build description and ninja has nothing to redo).
      FASTSCORE_JIT=0 turns this off.
-Then autograd (torch.library.register_autograd) and fake kernels (register_fake) are attached to
-torch.ops.fastscore.*, and the op functions below call them with the reference's signatures.
+The library registers torch.ops.fastscore_ext.*, the primitives of protocol.py; this module adds their
+fake kernels (register_fake, so code calling them can be traced) and exposes them as the protocol's
+functions. No autograd and no reductions here: the public ops (fastscore/ops/) do both, for every
+backend alike.
 """
 from __future__ import annotations
 
@@ -29,9 +31,9 @@ from types import ModuleType
 import torch
 
 from . import _build
-from .reference import reduce_losses
+from .protocol import Number, Position, acc_dtype
 
-_ACTIVATIONS = {None: 0, "elu": 1, "relu": 2}
+Tensor = torch.Tensor
 _MARKER = b"FASTSCORE_BUILD_INFO["
 JIT_NAME = "fastscore_jit_C"
 JIT_ENV = "FASTSCORE_JIT"
@@ -53,7 +55,7 @@ _state = _State()
 
 # ---- finding and checking a build ---------------------------------------------------------------
 
-def read_build_info(path: str | os.PathLike) -> dict[str, str] | None:
+def read_build_info(path: str | os.PathLike[str]) -> dict[str, str] | None:
     """The build description embedded in a compiled fastscore extension, read without loading it."""
     try:
         data = Path(path).read_bytes()
@@ -87,9 +89,9 @@ def mismatch(info: dict[str, str] | None) -> str | None:
 
 
 def _installed_path() -> str | None:
-    """fastscore/_C*.so beside this file: looked up directly, not through the import system, whose
+    """fastscore/_C*.so of this package: looked up directly, not through the import system, whose
     other finders (another install's editable finder, say) could offer some other package's build."""
-    here = Path(__file__).resolve().parent
+    here = _build.PACKAGE_DIR
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"_C{suffix}"
         if path.is_file():
@@ -99,6 +101,8 @@ def _installed_path() -> str | None:
 
 def _import_installed(path: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location("fastscore._C", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} cannot be loaded as a Python extension module")
     module = importlib.util.module_from_spec(spec)
     sys.modules["fastscore._C"] = module
     spec.loader.exec_module(module)
@@ -107,11 +111,7 @@ def _import_installed(path: str) -> ModuleType:
 
 def source_dir() -> Path | None:
     """The C++/CUDA sources: fastscore/csrc when installed, csrc/ beside fastscore/ in a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "csrc", here.parent / "csrc"):
-        if (candidate / _build.MODULE_SOURCE).is_file():
-            return candidate
-    return None
+    return _build.find_sources()
 
 
 def cache_dir() -> Path:
@@ -158,9 +158,11 @@ def _jit_build(reason: str) -> ModuleType:
     gpu = torch.cuda.is_available()
     with_cuda, _ = _build.cuda_decision(gpu_visible=gpu)
     arch = _build.cuda_arch_list() if with_cuda else None
-    build_dir = cache_dir() / ("cuda" if with_cuda else "cpu")
-    build_dir.mkdir(parents=True, exist_ok=True)
     info = _build.build_info("jit", capability, with_cuda, arch, src)
+    # One folder per source digest: two checkouts (or versions) never rebuild over each other's
+    # library, which a process of the other may have loaded.
+    build_dir = cache_dir() / f"{'cuda' if with_cuda else 'cpu'}-{info['src']}"
+    build_dir.mkdir(parents=True, exist_ok=True)
     _build.write_info_header(build_dir / "gen", info)
     sources = [str(src / s) for s in _build.cpp_sources(src) + (_build.cuda_sources(src) if with_cuda else [])]
     cflags = _build.cxx_flags(capability, with_cuda)
@@ -168,7 +170,7 @@ def _jit_build(reason: str) -> ModuleType:
         print(f"fastscore: {reason}; compiling fastscore._C for torch {torch.__version__} "
               f"({'CPU+CUDA' if with_cuda else 'CPU'}) into {build_dir} (first use only)", file=sys.stderr)
     includes = [str(build_dir / "gen"), str(src)] + (_build.extra_cuda_include_dirs() if with_cuda else [])
-    return cpp_extension.load(
+    module: ModuleType = cpp_extension.load(
         name=JIT_NAME,
         sources=sources,
         extra_cflags=cflags,
@@ -179,6 +181,7 @@ def _jit_build(reason: str) -> ModuleType:
         with_cuda=with_cuda,
         verbose=False,
     )
+    return module
 
 
 def _load() -> ModuleType | None:
@@ -188,7 +191,7 @@ def _load() -> ModuleType | None:
     try:
         explicit = os.environ.get(EXT_ENV)
         path = explicit or _installed_path()
-        why = mismatch(read_build_info(path)) if path else "no fastscore._C was installed"
+        why = mismatch(read_build_info(path)) if path else None
         if explicit and why is not None:
             if not os.path.isfile(explicit):
                 why = "no such file"
@@ -197,11 +200,11 @@ def _load() -> ModuleType | None:
             module = _import_installed(path)
             _state.path = path
         else:
-            _state.skipped = f"installed fastscore._C not used: {why}" if path else why
+            _state.skipped = f"installed fastscore._C not used: {why}" if path else "no fastscore._C was installed"
             if os.environ.get(JIT_ENV, "1") == "0":
                 raise RuntimeError(f"{_state.skipped}, and {JIT_ENV}=0 forbids compiling it now")
             module = _jit_build(_state.skipped)
-            _state.path = module.__file__
+            _state.path = module.__file__ or ""
         _state.info = _build.decode_info(module.build_info())
         _register_python_parts()
         _state.module = module
@@ -264,10 +267,9 @@ def describe() -> str:
     return f"ext: {_state.path} ({origin}; torch {i.get('torch')}, CPU {i.get('cpu')}, {cuda})"
 
 
-# ---- torch.library registration -------------------------------------------------------------------
+# ---- fake kernels ---------------------------------------------------------------------------------
 
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+_LIB = "fastscore_ext::"
 
 
 def _like_dense(x: torch.Tensor) -> torch.Tensor:
@@ -277,100 +279,76 @@ def _like_dense(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _norm_fake(x, gamma, alpha, beta, eps, activation):
-    stats = x.new_empty((x.shape[0], x.shape[1]), dtype=_acc_dtype(x))
-    return _like_dense(x), stats, stats.new_empty(stats.shape)
+def _per_plane(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], x.shape[1]), dtype=acc_dtype(x))
 
 
-def _norm_backward_fake(grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation):
-    like_b = beta if beta is not None else gamma
-    return (_like_dense(x), torch.empty_like(gamma, memory_format=torch.contiguous_format),
-            torch.empty_like(alpha, memory_format=torch.contiguous_format),
-            torch.empty_like(like_b, memory_format=torch.contiguous_format))
+def _norm_forward_fake(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, eps: float,
+                       activation: int) -> tuple[Tensor, Tensor, Tensor]:
+    return _like_dense(x), _per_plane(x), _per_plane(x)
 
 
-def _norm_setup(ctx, inputs, output):
-    x, gamma, alpha, beta, eps, activation = inputs
-    _, mean, rstd = output
-    ctx.save_for_backward(x, gamma, alpha, beta, mean, rstd)
-    ctx.eps, ctx.activation, ctx.has_beta = eps, activation, beta is not None
-    ctx.mark_non_differentiable(mean, rstd)
-
-
-def _norm_backward(ctx, grad_y, _grad_mean, _grad_rstd):
-    x, gamma, alpha, beta, mean, rstd = ctx.saved_tensors
-    if grad_y is None:
-        return None, None, None, None, None, None
-    dx, dgamma, dalpha, dbeta = torch.ops.fastscore.cond_instance_norm_plus_backward(
-        grad_y, x, gamma, alpha, beta, mean, rstd, ctx.eps, ctx.activation)
-    return dx, dgamma, dalpha, (dbeta if ctx.has_beta else None), None, None
-
-
-def _perturb_setup(ctx, inputs, output):
-    ctx.x_dtype = inputs[0].dtype
-
-
-def _perturb_backward(ctx, grad):
-    # d(x + sigma z)/dx = 1; sigma (a noise level) gets no gradient.
-    return grad.to(ctx.x_dtype), None, None, None
-
-
-def _dsm_setup(ctx, inputs, output):
-    scores, sigma, seed, offset, power = inputs
-    ctx.save_for_backward(scores, sigma)
-    ctx.seed, ctx.offset, ctx.power = seed, offset, power
-
-
-def _dsm_backward(ctx, grad):
-    scores, sigma = ctx.saved_tensors
-    dscores = torch.ops.fastscore.dsm_loss_backward(grad, scores, sigma, ctx.seed, ctx.offset, ctx.power)
-    return dscores, None, None, None, None
+def _norm_backward_fake(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
+                        rstd: Tensor, eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dbeta = _per_plane(x) if beta is not None else x.new_empty((0,), dtype=acc_dtype(x))
+    return _like_dense(x), _per_plane(x), _per_plane(x), dbeta
 
 
 def _register_python_parts() -> None:
-    lib = "fastscore::"
-    torch.library.register_fake(lib + "cond_instance_norm_plus")(_norm_fake)
-    torch.library.register_fake(lib + "cond_instance_norm_plus_backward")(_norm_backward_fake)
-    torch.library.register_fake(lib + "perturb")(
+    torch.library.register_fake(_LIB + "norm_forward")(_norm_forward_fake)
+    torch.library.register_fake(_LIB + "norm_backward")(_norm_backward_fake)
+    torch.library.register_fake(_LIB + "perturb")(
         lambda x, sigma, seed, offset: torch.empty(x.shape, dtype=x.dtype, device=x.device))
-    torch.library.register_fake(lib + "dsm_loss")(
-        lambda scores, sigma, seed, offset, p: scores.new_empty((scores.shape[0],), dtype=_acc_dtype(scores)))
-    torch.library.register_fake(lib + "dsm_loss_backward")(
-        lambda grad, scores, sigma, seed, offset, p: torch.empty(scores.shape, dtype=scores.dtype, device=scores.device))
-    torch.library.register_fake(lib + "langevin_step_")(lambda x, score, step, seed, offset, scale, *tensors: None)
-    torch.library.register_fake(lib + "normal_")(lambda out, seed, offset: None)
-    torch.library.register_fake(lib + "philox4x32_10")(lambda words: words.new_empty((words.shape[0], 4)))
-    torch.library.register_autograd(lib + "cond_instance_norm_plus", _norm_backward, setup_context=_norm_setup)
-    torch.library.register_autograd(lib + "perturb", _perturb_backward, setup_context=_perturb_setup)
-    torch.library.register_autograd(lib + "dsm_loss", _dsm_backward, setup_context=_dsm_setup)
+    torch.library.register_fake(_LIB + "dsm_per_sample")(
+        lambda scores, sigma, seed, offset, p: scores.new_empty((scores.shape[0],), dtype=acc_dtype(scores)))
+    torch.library.register_fake(_LIB + "dsm_backward")(
+        lambda grad, scores, sigma, seed, offset, p: torch.empty(scores.shape, dtype=scores.dtype,
+                                                                 device=scores.device))
+    torch.library.register_fake(_LIB + "langevin_step_")(lambda x, score, step, seed, offset, scale, *tensors: None)
+    torch.library.register_fake(_LIB + "normal_")(lambda out, seed, offset: None)
+    torch.library.register_fake(_LIB + "philox4x32_10")(lambda words: words.new_empty((words.shape[0], 4)))
 
 
-# ---- the backend interface (the reference's signatures) ------------------------------------------
+# ---- the primitives (protocol.py) ------------------------------------------------------------------
+# Called once unavailable_reason(device) has returned None (that probe loads the library).
 
-def cond_instance_norm_plus(x, gamma, alpha, beta=None, eps=1e-5, activation=None):
-    y, _, _ = torch.ops.fastscore.cond_instance_norm_plus(x, gamma, alpha, beta, float(eps), _ACTIVATIONS[activation])
-    return y
-
-
-def perturb(x, sigma, seed, offset=0):
-    out = torch.ops.fastscore.perturb(x, sigma, int(seed), int(offset))
-    # The kernels write logical (NCHW) order; hand back x's memory format, as the reference does, so a
-    # channels_last training step stays channels_last.
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        out = out.contiguous(memory_format=torch.channels_last)
+def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, eps: float,
+                 activation: int) -> tuple[Tensor, Tensor, Tensor]:
+    out: tuple[Tensor, Tensor, Tensor] = torch.ops.fastscore_ext.norm_forward(
+        x, gamma, alpha, beta, float(eps), int(activation))
     return out
 
 
-def dsm_loss(scores, sigma, seed, offset=0, anneal_power=2.0, reduction="mean"):
-    per_sample = torch.ops.fastscore.dsm_loss(scores, sigma, int(seed), int(offset), float(anneal_power))
-    return reduce_losses(per_sample, reduction)
+def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
+                  rstd: Tensor, eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    dx, dgamma, dalpha, dbeta = torch.ops.fastscore_ext.norm_backward(
+        grad_y, x, gamma, alpha, beta, mean, rstd, float(eps), int(activation))
+    return dx, dgamma, dalpha, (dbeta if beta is not None else None)
 
 
-def langevin_step_(x, score, step_size, seed, offset=0, noise_scale=None):
+def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int) -> Tensor:
+    out: Tensor = torch.ops.fastscore_ext.perturb(x, sigma, int(seed), int(offset))
+    return out
+
+
+def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float) -> Tensor:
+    out: Tensor = torch.ops.fastscore_ext.dsm_per_sample(scores, sigma, int(seed), int(offset), float(anneal_power))
+    return out
+
+
+def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+                 anneal_power: float) -> Tensor:
+    out: Tensor = torch.ops.fastscore_ext.dsm_backward(grad, scores, sigma, int(seed), int(offset),
+                                                       float(anneal_power))
+    return out
+
+
+def langevin_step_(x: Tensor, score: Tensor, step_size: Number, seed: Position, offset: Position,
+                   noise_scale: Number | None) -> None:
     # Numbers go to the kernel as arguments; one-element tensors (the CUDA-graph form) as tensors the
     # kernel reads on the device, never read back here. noise_scale None is sqrt(2 step), also on the device.
-    args = []
-    tensors = []
+    args: list[int | float] = []
+    tensors: list[Tensor | None] = []
     for value, number in ((step_size, float), (seed, int), (offset, int), (noise_scale, float)):
         if isinstance(value, torch.Tensor):
             args.append(number(0))
@@ -378,11 +356,8 @@ def langevin_step_(x, score, step_size, seed, offset=0, noise_scale=None):
         else:
             args.append(number(-1.0 if value is None else value))
             tensors.append(None)
-    torch.ops.fastscore.langevin_step_(x, score, *args, *tensors)
-    return x
+    torch.ops.fastscore_ext.langevin_step_(x, score, *args, *tensors)
 
 
-def randn(shape, seed, offset=0, device=None, dtype=torch.float32):
-    out = torch.empty(shape, dtype=dtype, device=device if device is not None else "cpu")
-    torch.ops.fastscore.normal_(out, int(seed), int(offset))
-    return out
+def randn_(out: Tensor, seed: int, offset: int) -> None:
+    torch.ops.fastscore_ext.normal_(out, int(seed), int(offset))

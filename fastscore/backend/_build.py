@@ -1,7 +1,7 @@
 """How fastscore._C is compiled: sources, flags and the build description, for setup.py and the JIT.
 
 setup.py loads this file by path (the build environment may have no torch, so it must not import the
-fastscore package); fastscore.extension imports it to compile the same sources at first use. Nothing
+fastscore package); fastscore.backend.ext imports it to compile the same sources at first use. Nothing
 here imports torch at module level.
 """
 from __future__ import annotations
@@ -22,6 +22,16 @@ BUILD_EXT_ENV = "FASTSCORE_BUILD_EXT"  # 0: setup.py installs without fastscore.
 CUDA_ENV = "FASTSCORE_CUDA"          # 0/1: force the CUDA kernels off/on (default: on when nvcc and a GPU or arch list)
 CAPABILITY_ENV = "FASTSCORE_CPU_CAPABILITY"  # DEFAULT or AVX2 (default: AVX2 when this CPU has AVX2 and FMA)
 DEFAULT_CUDA_ARCH = "9.0"            # when CUDA is forced with neither a visible GPU nor TORCH_CUDA_ARCH_LIST
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # fastscore/ (this file is fastscore/backend/_build.py)
+
+
+def find_sources() -> Path | None:
+    """The C++/CUDA sources: fastscore/csrc when installed (setup.py ships csrc/ as fastscore.csrc),
+    csrc/ beside fastscore/ in a source checkout or an editable install."""
+    for candidate in (PACKAGE_DIR / "csrc", PACKAGE_DIR.parent / "csrc"):
+        if (candidate / MODULE_SOURCE).is_file():
+            return candidate
+    return None
 
 
 def source_files(src: Path, suffixes: tuple[str, ...] = SOURCE_SUFFIXES) -> list[str]:
@@ -141,7 +151,8 @@ def source_hash(src: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_info(origin: str, capability: str, with_cuda: bool, arch: str | None, src: Path | None = None) -> dict[str, str]:
+def build_info(origin: str, capability: str, with_cuda: bool, arch: str | None,
+               src: Path | None = None) -> dict[str, str]:
     import torch
 
     return {

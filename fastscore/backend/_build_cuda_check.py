@@ -3,7 +3,7 @@ change with FASTSCORE_WITH_CUDA (the module, fastscore.cpp) to object files for 
 default), with torch's headers, and links nothing and runs nothing. So CUDA code cannot rot on
 machines without a GPU.
 
-    python -m fastscore._build_cuda_check [--arch 90] [--jobs 2]
+    python -m fastscore.backend._build_cuda_check [--arch 90] [--jobs 2]
 
 Exits 0 with a note when nvcc or a CUDA torch is missing (nothing to check there), 1 on a compile error.
 """
@@ -68,15 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CUDA compile check skipped: nvcc {'missing' if nvcc is None else 'found'}, torch CUDA "
               f"{torch.version.cuda or 'none'}")
         return 0
-    src = Path(__file__).resolve().parent.parent / "csrc"
-    if not (src / _build.MODULE_SOURCE).exists():
-        src = Path(__file__).resolve().parent / "csrc"
+    src = _build.find_sources()
+    if src is None:
+        print(f"CUDA compile check: no C++/CUDA sources found (looked for {_build.MODULE_SOURCE} in "
+              f"{_build.PACKAGE_DIR / 'csrc'} and {_build.PACKAGE_DIR.parent / 'csrc'})", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory(prefix="fastscore-nvcc-") as tmp:
         out = Path(tmp)
         _build.write_info_header(out / "gen", {"origin": "compile-check"})
         start = time.time()
         with ThreadPoolExecutor(args.jobs) as pool:
-            results = list(pool.map(lambda c: subprocess.run(c, capture_output=True, text=True), commands(nvcc, args.arch, src, out)))
+            results = list(pool.map(lambda c: subprocess.run(c, capture_output=True, text=True),
+                                    commands(nvcc, args.arch, src, out)))
         failed = [r for r in results if r.returncode != 0]
         for r in failed:
             print(" ".join(r.args), file=sys.stderr)

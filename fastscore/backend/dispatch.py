@@ -1,11 +1,10 @@
-"""Which backend runs an op on a given device (DESIGN.md section 1).
+"""Which backend runs an op on a given device, and why the others cannot.
 
-A backend is a module exposing the ops with the reference's signatures plus
-`unavailable_reason(device) -> str | None`:
+A backend is a module implementing the primitives of protocol.py (plus unavailable_reason):
 
-    torch   fastscore.reference   always available
-    triton  fastscore.kernels     Triton kernels (CUDA, or the CPU interpreter with TRITON_INTERPRET=1)
-    ext     fastscore.extension   the compiled fastscore._C (C++ CPU kernels, CUDA kernels if built)
+    torch   fastscore.backend.reference   plain PyTorch, the correctness oracle; always available
+    triton  fastscore.kernels              Triton kernels (CUDA, or the CPU interpreter with TRITON_INTERPRET=1)
+    ext     fastscore.backend.ext         the compiled fastscore._C (C++ CPU kernels, CUDA kernels if built)
 
 `auto` takes ext if it is built for the device, else triton on CUDA, else torch. An explicit backend
 that cannot run raises BackendUnavailable with the reason; nothing silently falls back.
@@ -14,14 +13,17 @@ from __future__ import annotations
 
 import functools
 import importlib
-import sys
 import os
+import sys
 from types import ModuleType
+from typing import cast
 
 import torch
 
+from .protocol import Backend
+
 NAMES = ("torch", "triton", "ext")
-_MODULES = {"torch": "fastscore.reference", "triton": "fastscore.kernels", "ext": "fastscore.extension"}
+_MODULES = {"torch": "fastscore.backend.reference", "triton": "fastscore.kernels", "ext": "fastscore.backend.ext"}
 ENV_VAR = "FASTSCORE_BACKEND"
 
 
@@ -41,7 +43,7 @@ def unavailable_reason(name: str, device: torch.device | str) -> str | None:
     module, reason = _load(name)
     if module is None:
         return reason
-    return module.unavailable_reason(torch.device(device))
+    return cast(Backend, module).unavailable_reason(torch.device(device))
 
 
 
@@ -67,28 +69,38 @@ def resolve_name(backend: str | None, device: torch.device | str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolved_name(requested: str, device_type: str) -> str:
     return resolve_name(requested, device_type)
 
 
-@torch.compiler.assume_constant_result
+@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]  # unannotated in torch; returns fn itself
 def _resolved_name_constant(requested: str, device_type: str) -> str:
     # Availability does not change within a process: under torch.compile the choice is made once at
     # trace time and baked in, instead of tracing the imports and probes behind it (a graph break).
     return _resolved_name(requested, device_type)
 
 
-def resolve(backend: str | None, device: torch.device | str) -> ModuleType:
+def resolved(backend: str | None, device: torch.device | str) -> str:
+    """The name of the backend that runs an op for tensors on `device` (constant under torch.compile)."""
+    name: str = _resolved_name_constant(requested_backend(backend), torch.device(device).type)
+    return name
+
+
+def module(name: str) -> Backend:
+    """The module of an available backend."""
+    return cast(Backend, sys.modules[_MODULES[name]])  # imported by the availability probe
+
+
+def resolve(backend: str | None, device: torch.device | str) -> Backend:
     """The backend module that runs an op for tensors on `device`."""
-    name = _resolved_name_constant(requested_backend(backend), torch.device(device).type)
-    return sys.modules[_MODULES[name]]  # imported by the availability probe
+    return module(resolved(backend, device))
 
 
-def backends() -> list[dict]:
+def backends() -> list[dict[str, str | bool]]:
     """One row per (backend, device type): whether it works and, if not, why."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    rows = []
+    rows: list[dict[str, str | bool]] = []
     for device in devices:
         auto = resolve_name("auto", device)
         for name in NAMES:

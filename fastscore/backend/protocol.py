@@ -1,0 +1,90 @@
+"""The backend contract: the primitives every backend implements, with one schema and one meaning.
+
+A backend computes; it does not check arguments, register ops, differentiate or reduce. The public ops
+(fastscore/ops/) check their inputs, register one torch.library op each, attach one autograd formula
+built from these primitives, sum per-sample parameter gradients over N for shared (C,) parameters,
+and reduce losses: written once for every backend.
+
+Conventions for every primitive:
+  - Inputs arrive checked: shapes, dtypes and devices match; x is dense (contiguous or channels_last).
+  - "acc" is the arithmetic dtype: float64 for float64 inputs, float32 otherwise (bfloat16, float16,
+    float32 storage alike). Statistics and per-sample values are returned in acc.
+  - seed and offset: ints in [0, 2^63); for langevin_step_ also one-element int64 tensors on the
+    data's device that the kernel reads on the device (so a captured CUDA graph can advance them
+    between replays). The i-th element of a tensor in logical (N, C, H, W) order uses
+    normal(seed, offset + i) of the noise stream (docs/DESIGN.md section 3), whatever its memory format.
+  - activation: an int code of ACTIVATION_CODES.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+Tensor = torch.Tensor
+Number = float | Tensor   # a float, or a one-element float tensor on the data's device
+Position = int | Tensor   # an int, or a one-element int64 tensor on the data's device
+
+#: activation name -> the int code the primitives take (the one place these codes are defined)
+ACTIVATION_CODES = {None: 0, "elu": 1, "relu": 2}
+
+
+def acc_dtype(t: Tensor) -> torch.dtype:
+    """The arithmetic ("acc") dtype for data stored as t: float64 for float64, float32 otherwise."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """A 4-D tensor laid out NHWC (and not also in logical order, as when C == 1 or H*W == 1)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def memory_format_of(t: Tensor) -> torch.memory_format:
+    return torch.channels_last if is_channels_last(t) else torch.contiguous_format
+
+
+def dense(t: Tensor) -> Tensor:
+    """t itself when its memory is in logical or NHWC order (what the kernels address), else a copy."""
+    return t if t.is_contiguous() or is_channels_last(t) else t.contiguous()
+
+
+def like(t: Tensor, ref: Tensor) -> Tensor:
+    """t laid out as the dense ref (a copy only when the strides differ), so one index walks both."""
+    return t if t.stride() == ref.stride() else t.contiguous(memory_format=memory_format_of(ref))
+
+
+class Backend(Protocol):
+    def unavailable_reason(self, device: torch.device) -> str | None:
+        """None when the primitives can run on device, else one sentence saying why not."""
+
+    def norm_forward(self, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, eps: float,
+                     activation: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(y, mean, rstd): y = act(gamma ((x - mu) rstd + alpha muhat) + beta) in x's dtype and memory
+        format; mean and rstd = 1 / sqrt(var + eps) per plane, (N, C) in acc. gamma, alpha, beta are
+        (N, C) or (C,) each (any mix)."""
+
+    def norm_backward(self, grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None,
+                      mean: Tensor, rstd: Tensor, eps: float, activation: int
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(dx, dgamma, dalpha, dbeta) for the forward that returned mean and rstd: dx in x's dtype and
+        memory format; the parameter gradients per sample, (N, C) in acc, whatever the parameters'
+        shapes (the caller sums over N for (C,) parameters); dbeta None when beta is None."""
+
+    def perturb(self, x: Tensor, sigma: Tensor, seed: int, offset: int) -> Tensor:
+        """x + sigma[n] z in x's dtype (any dense layout; the caller restores x's memory format)."""
+
+    def dsm_per_sample(self, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+                       anneal_power: float) -> Tensor:
+        """l[n] = 0.5 sigma[n]^p sum_d (scores[n, d] + z[n, d] / sigma[n])^2, (N,) in acc."""
+
+    def dsm_backward(self, grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+                     anneal_power: float) -> Tensor:
+        """d scores = grad[n] sigma[n]^p (scores + z / sigma[n]) for grad (N,) in acc, in scores' dtype
+        and shape (any dense layout)."""
+
+    def langevin_step_(self, x: Tensor, score: Tensor, step_size: Number, seed: Position, offset: Position,
+                       noise_scale: Number | None) -> None:
+        """x <- x + step_size score + noise_scale z in place; noise_scale None means sqrt(2 step_size)."""
+
+    def randn_(self, out: Tensor, seed: int, offset: int) -> None:
+        """Fill the dense tensor out with z, z.flatten()[i] = normal(seed, offset + i), in out's dtype."""
