@@ -244,6 +244,19 @@ def _graceful_sigint(enabled: bool = True):
 SampleFn = Callable[[torch.nn.Module, int], None]  # (model to sample from, step) -> writes a grid
 
 
+ETA_AFTER_STEPS, ETA_AFTER_SECONDS = 20, 10.0  # when the projected duration is judged (once per run)
+
+
+def eta_warning(seconds_per_step: float, remaining_steps: int, time_left: float, device) -> str | None:
+    """A one-line warning when finishing would take more than a day (and no time limit ends it sooner)."""
+    projected = seconds_per_step * remaining_steps
+    if projected <= 86400 or time_left <= 86400:
+        return None
+    return (f"fastscore: at {seconds_per_step:.3g} s per step on {device}, the remaining {remaining_steps:,} steps "
+            f"would take {projected / 86400:.1f} days; train fewer steps (--n-iters), set --time-limit, or use "
+            f"a GPU (--device cuda)")
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -381,8 +394,10 @@ class Trainer:
         return self.ema.averaged(self.model) if self.ema is not None else self.model
 
     # ---- the loop
-    def train(self, n_iters: int | None = None) -> TrainResult:
-        """Train until step n_iters (default settings.n_iters), a time limit, or Ctrl-C; checkpoint."""
+    def train(self, n_iters: int | None = None, bar: tqdm | None = None) -> TrainResult:
+        """Train until step n_iters (default settings.n_iters), a time limit, or Ctrl-C; checkpoint.
+
+        bar: a progress bar owned by the caller (one bar over several calls); default: one of its own."""
         s = self.settings
         n_iters = s.n_iters if n_iters is None else n_iters
         if self.workdir:
@@ -393,8 +408,11 @@ class Trainer:
         losses: list[tuple[int, float]] = []
         window_loss, window_steps, window_t = torch.zeros((), device=self.device), 0, t0
         stopped, last = "done", float("nan")
-        bar = tqdm(total=n_iters, initial=self.step, desc="train", unit="it", disable=not self.progress,
-                   dynamic_ncols=True)
+        own_bar = bar is None
+        if own_bar:
+            bar = tqdm(total=n_iters, initial=self.step, desc="train", unit="it", disable=not self.progress,
+                       dynamic_ncols=True)
+        warned = False
         self.model.train()
         try:
             with _graceful_sigint() as sigint:
@@ -414,6 +432,13 @@ class Trainer:
                             logger.log(self.step, last, self.optimizer.param_groups[0]["lr"], rate, now - t0)
                         window_loss.zero_()
                         window_steps, window_t = 0, now
+                    if not warned and self.step - start_step >= ETA_AFTER_STEPS and now - t0 >= ETA_AFTER_SECONDS:
+                        warned = True
+                        remaining = (s.time_limit - (now - t0)) if s.time_limit else float("inf")
+                        message = eta_warning((now - t0) / (self.step - start_step), n_iters - self.step,
+                                              remaining, self.device)
+                        if message:
+                            tqdm.write(message, file=sys.stderr)
                     if s.checkpoint_every and self.step % s.checkpoint_every == 0:
                         self.save()
                     if self.sample_fn and s.sample_every and self.step % s.sample_every == 0 \
@@ -426,7 +451,8 @@ class Trainer:
                         stopped = "time_limit"
                         break
         finally:
-            bar.close()
+            if own_bar:
+                bar.close()
         if window_steps:
             last = float(window_loss) / window_steps
             losses.append((self.step, last))

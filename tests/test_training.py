@@ -1,5 +1,6 @@
 """The trainer on a tiny stand-in score network: ncsn's loss, the noise stream, exact resume,
 atomic checkpoints, Ctrl-C, logs."""
+import io
 import math
 import os
 import signal
@@ -191,6 +192,35 @@ def test_time_limit_stops_and_checkpoints(tmp_path):
     result = t.train()
     assert result.stopped == "time_limit" and result.step == 1
     assert training.load_checkpoint(str(tmp_path))["step"] == 1
+
+
+def test_a_run_projected_past_a_day_is_warned_about(monkeypatch, capsys):
+    assert training.eta_warning(8.0, 200_000, float("inf"), "cpu").startswith(
+        "fastscore: at 8 s per step on cpu, the remaining 200,000 steps would take 18.5 days")
+    assert training.eta_warning(0.1, 200_000, float("inf"), "cuda") is None   # 5.6 hours
+    assert training.eta_warning(8.0, 200_000, 3600.0, "cpu") is None          # a time limit ends it in an hour
+    # In the loop: judged once, after ETA_AFTER_STEPS steps and ETA_AFTER_SECONDS seconds.
+    monkeypatch.setattr(training, "ETA_AFTER_SECONDS", 0.0)
+    t = make_trainer(n_iters=10**12)  # projected past a day however fast a step is
+    real_step = t.train_step
+
+    def step_then_stop(x):
+        if t.step + 1 >= training.ETA_AFTER_STEPS + 2:
+            signal.raise_signal(signal.SIGINT)
+        return real_step(x)
+
+    t.train_step = step_then_stop
+    t.train()
+    err = capsys.readouterr().err
+    assert err.count("fastscore: at ") == 1 and "days" in err
+
+
+def test_one_bar_over_several_calls():
+    t = make_trainer(n_iters=6)
+    bar = training.tqdm(file=io.StringIO())
+    t.train(n_iters=3, bar=bar)
+    t.train(n_iters=6, bar=bar)
+    assert bar.n == 6
 
 
 def test_sample_fn_gets_the_ema_weights(tmp_path):
