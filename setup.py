@@ -28,7 +28,7 @@ def _load_build_helpers():
 
 
 PACKAGE_DATA = {
-    "fastscore": ["assets/*", "configs/*.yml", "configs/*.yaml"],
+    "fastscore.ncsn": ["assets/*", "configs/*.yml", "configs/*.yaml"],
     # Every source and header under csrc/, as fastscore/backend/_build.py finds and hashes them: the
     # installed copy must hash the same for the installed fastscore._C to be accepted.
     "fastscore.csrc": [f"**/*{suffix}" for suffix in _load_build_helpers().SOURCE_SUFFIXES],

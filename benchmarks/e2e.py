@@ -34,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ncsn_baseline  # noqa: E402
 
 import fastscore  # noqa: E402
-from fastscore.models import CondRefineNetDilated  # noqa: E402
+from fastscore.ncsn.models import CondRefineNetDilated  # noqa: E402
 from fastscore.nn import CondInstanceNorm2dPlus  # noqa: E402
 from fastscore.sampling import AnnealedLangevin  # noqa: E402
+from fastscore.schedule import noise_levels  # noqa: E402
 
 FULL_STEPS = 1000  # ncsn's CIFAR-10 sampling: 10 levels x 100 steps
 
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
           f"{fastscore.backend.dispatch.resolve_name(None, device)} backend; baseline: ncsn eager fp32", flush=True)
 
     fast, baseline, oracle = build_models(args, device)
-    sigmas = torch.logspace(0, -2, args.levels).tolist()   # 1 .. 0.01, geometric (ncsn's CIFAR-10 ladder)
+    sigmas = noise_levels(1.0, 0.01, args.levels).tolist()   # ncsn's CIFAR-10 ladder
     sigmas_t = torch.tensor(sigmas, device=device)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(args.batch, 3, 32, 32, generator=g).to(device)

@@ -1,4 +1,4 @@
-"""The GPU run: one driver that builds, tests and times fastscore on a CUDA machine inside one window.
+"""The GPU run: one driver that builds, tests and times fastscore on a CUDA machine in a few minutes.
 
     python3 benchmarks/gpu_run.py                      # every stage, within --budget seconds (420)
     python3 benchmarks/gpu_run.py tests_ext ops e2e    # a rerun of chosen stages (build reused if carried)

@@ -33,6 +33,7 @@ from .backend import dispatch
 from .graphs import CapturedLangevinStep
 from .noise import MAX_SEED, check_seed_offset
 from .ops import langevin_step_, randn
+from .schedule import langevin_step_sizes
 
 Callback = Callable[[int, int, torch.Tensor], None]
 
@@ -143,7 +144,7 @@ class AnnealedLangevin:
     device, dtype: where and in what dtype sample(n) starts (default: the model's first parameter's
     device, else the CPU; float32).
     clamp: (low, high) to clamp the returned samples to, e.g. (0, 1) for images; None returns x as
-    the dynamics leave it (ncsn clamps only when it saves images; fastscore.images clamps too).
+    the dynamics leave it (ncsn clamps only when it saves images; the command line clamps too when it writes a PNG).
     backend: passed to fastscore.langevin_step_ and fastscore.randn (None: the default backend).
     cuda_graph: replay one captured update per step (fastscore.graphs). None (default): when x is on a
     GPU and the backend there is a fused one; True insists (an error if it cannot); False never.
@@ -186,8 +187,7 @@ class AnnealedLangevin:
         if cuda_graph not in (None, True, False):
             raise ValueError(f"cuda_graph must be None, True or False, got {cuda_graph!r}")
         self.cuda_graph = cuda_graph
-        # ncsn: step_size = step_lr * (sigma / sigmas[-1]) ** 2, in double precision.
-        self.step_sizes = tuple(self.step_lr * (s / self.sigmas[-1]) ** 2 for s in self.sigmas)
+        self.step_sizes = langevin_step_sizes(self.sigmas, self.step_lr)
         self.last_seed: int | None = None  # the seed of the latest run, to reproduce an unseeded one
 
     @property

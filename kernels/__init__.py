@@ -21,6 +21,8 @@ import os
 
 import torch
 
+from fastscore.backend.protocol import Number, Position, Tensor
+
 
 @functools.cache
 def _import_error() -> str | None:
@@ -36,7 +38,7 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def unavailable_reason(device) -> str | None:
+def unavailable_reason(device: torch.device | str) -> str | None:
     """None if the Triton kernels can run on `device`, else a sentence saying why not."""
     device = torch.device(device)
     reason = _import_error()
@@ -56,36 +58,40 @@ def unavailable_reason(device) -> str | None:
     return f"Triton kernels run on CUDA devices (or the CPU with TRITON_INTERPRET=1), not on {device.type}"
 
 
-def norm_forward(x, gamma, alpha, beta, eps, activation):
+def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, eps: float,
+                 activation: int) -> tuple[Tensor, Tensor, Tensor]:
     from . import instance_norm
     return instance_norm.norm_forward(x, gamma, alpha, beta, eps, activation)
 
 
-def norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation):
+def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
+                  rstd: Tensor, eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     from . import instance_norm
     return instance_norm.norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation)
 
 
-def perturb(x, sigma, seed, offset):
+def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int) -> Tensor:
     from . import perturbation
     return perturbation.perturb(x, sigma, seed, offset)
 
 
-def dsm_per_sample(scores, sigma, seed, offset, anneal_power):
+def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float) -> Tensor:
     from . import score_matching
     return score_matching.dsm_per_sample(scores, sigma, seed, offset, anneal_power)
 
 
-def dsm_backward(grad, scores, sigma, seed, offset, anneal_power):
+def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+                 anneal_power: float) -> Tensor:
     from . import score_matching
     return score_matching.dsm_backward(grad, scores, sigma, seed, offset, anneal_power)
 
 
-def langevin_step_(x, score, step_size, seed, offset, noise_scale):
+def langevin_step_(x: Tensor, score: Tensor, step_size: Number, seed: Position, offset: Position,
+                   noise_scale: Number | None) -> None:
     from . import langevin
     langevin.langevin_step_(x, score, step_size, seed, offset, noise_scale)
 
 
-def randn_(out, seed, offset):
+def randn_(out: Tensor, seed: int, offset: int) -> None:
     from . import noise
     noise.randn_(out, seed, offset)

@@ -27,11 +27,13 @@ All arithmetic and statistics are float32 whatever the storage dtype.
 """
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 import triton
 import triton.language as tl
 
-from fastscore.backend.protocol import acc_dtype
+from fastscore.backend.protocol import Tensor, acc_dtype
 
 from . import _common
 
@@ -411,13 +413,13 @@ def _fused_backward(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, 
 # Host side
 
 
-def _geometry(x):
+def _geometry(x: Tensor) -> tuple[int, int, int, tuple[int, int, int]]:
     """(P, C, HW, (stride_n, stride_c, stride_hw)) of a dense 4-D x: plane (n, c), position hw."""
     n, c, h, w = x.shape
     return n * c, c, h * w, (x.stride(0), x.stride(1), x.stride(3))
 
 
-def _blocks(p, c, hw, channels_last):
+def _blocks(p: int, c: int, hw: int, channels_last: bool) -> tuple[int, int]:
     """(BLOCK_P, BLOCK_HW): a tile of about TILE elements; many small planes per tile, large planes
     in TILE-sized chunks; for channels_last up to CHANNELS_LAST_PLANES neighbouring channels so loads
     run along contiguous memory."""
@@ -429,13 +431,13 @@ def _blocks(p, c, hw, channels_last):
     return min(triton.next_power_of_2(p), max(1, TILE // block_hw)), block_hw
 
 
-def _sample_blocks(c, hw):
+def _sample_blocks(c: int, hw: int) -> tuple[int, int] | None:
     """(BLOCK_C, BLOCK_HW) of the one-pass kernels, or None when a sample does not fit SAMPLE_TILE."""
     block_c, block_hw = triton.next_power_of_2(c), triton.next_power_of_2(hw)
     return (block_c, block_hw) if block_c * block_hw <= SAMPLE_TILE else None
 
 
-def _splits(p, hw, block_p, block_hw):
+def _splits(p: int, hw: int, block_p: int, block_hw: int) -> tuple[int, int]:
     """(ranges, positions per range) for the statistics/backward-sum kernels: a plane's positions are
     split into ranges (programs) when there are too few plane blocks to fill TARGET_PROGRAMS."""
     chunks = triton.cdiv(hw, block_hw)
@@ -444,28 +446,37 @@ def _splits(p, hw, block_p, block_hw):
     return triton.cdiv(chunks, per_range), per_range * block_hw
 
 
-def _warps(block_p, block_hw):
+def _warps(block_p: int, block_hw: int) -> int:
     tile = block_p * block_hw
     return 16 if tile >= 8192 else 8 if tile >= 4096 else 4
 
 
-def _channel_constants(c):
+def _channel_constants(c: int) -> tuple[float, float]:
     """(1 / (C - 1), muhat scale): (0, 0) for C == 1, where muhat is defined as 0 (no gradient through it)."""
     return (1.0 / (c - 1), 1.0) if c > 1 else (0.0, 0.0)
 
 
-def _params(gamma, alpha, beta, c):
+def _params(gamma: Tensor, alpha: Tensor, beta: Tensor | None,
+            c: int) -> tuple[Tensor, Tensor, Tensor, int, int, int]:
     """Kernel arguments (gamma, alpha, beta, their row strides): each may be (N, C) (stride C) or (C,)
     (stride 0, shared by every sample) independently; a missing beta is replaced by gamma, unread."""
-    tensors = (gamma, alpha, beta if beta is not None else gamma)
-    return tensors + tuple(c if t.dim() == 2 else 0 for t in tensors)
+    beta = beta if beta is not None else gamma
+    gamma_stride, alpha_stride, beta_stride = (c if t.dim() == 2 else 0 for t in (gamma, alpha, beta))
+    return gamma, alpha, beta, gamma_stride, alpha_stride, beta_stride
 
 
-def norm_forward(x, gamma, alpha, beta, eps, activation):
+class _Float32(TypedDict):
+    """Factory keywords (torch.empty(..., **f32)) of the float32 work buffers on x's device."""
+    device: torch.device
+    dtype: torch.dtype
+
+
+def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, eps: float,
+                 activation: int) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, rstd): the backend primitive (fastscore/backend/protocol.py)."""
     n = x.shape[0]
     p, c, hw, strides = _geometry(x)
-    f32 = dict(device=x.device, dtype=torch.float32)
+    f32 = _Float32(device=x.device, dtype=torch.float32)
     mu, rstd, muhat = (torch.empty(n, c, **f32) for _ in range(3))
     rv = torch.empty(n, **f32)
     y = torch.empty_like(x)
@@ -495,11 +506,12 @@ def norm_forward(x, gamma, alpha, beta, eps, activation):
     return y, mu.to(dtype), rstd.to(dtype)
 
 
-def norm_backward(dy, x, gamma, alpha, beta, mean, rstd, eps, activation):
+def norm_backward(dy: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
+                  rstd: Tensor, eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """(dx, dgamma, dalpha, dbeta) per sample: the backend primitive (fastscore/backend/protocol.py)."""
     n = x.shape[0]
     p, c, hw, strides = _geometry(x)
-    f32 = dict(device=x.device, dtype=torch.float32)
+    f32 = _Float32(device=x.device, dtype=torch.float32)
     mu, rstd = mean.to(torch.float32).contiguous(), rstd.to(torch.float32).contiguous()
     # muhat and 1/sqrt(v + eps) again from the plane means: (N, C) numbers, one small launch.
     muhat, rv = torch.empty(n, c, **f32), torch.empty(n, **f32)

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastscore.backend.protocol import Number, Position, Tensor
+
 from . import _common
 from .noise import STREAM_ARGS, join64, launch_geometry, sample_chunk_normals
 
@@ -45,7 +47,8 @@ def _langevin_kernel(x_ptr, score_ptr, coeff_ptr, stream_ptr, step, scale, N, D,
         n += tl.num_programs(1)
 
 
-def _launch(x, score, coeffs, stream, step, scale, seed, offset):
+def _launch(x: Tensor, score: Tensor, coeffs: Tensor | None, stream: Tensor | None, step: float, scale: float,
+            seed: int, offset: int) -> None:
     n, d, c, hw, channels_last = _common.sample_geometry(x)
     if not channels_last:
         n, d = 1, n * d
@@ -56,7 +59,7 @@ def _launch(x, score, coeffs, stream, step, scale, seed, offset):
                            CHANNELS_LAST=channels_last, **meta)
 
 
-def _one(value, dtype, device):
+def _one(value: Number | Position, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A one-element device tensor: tensors as they are, numbers by a fill kernel (no host copy, so
     this is safe inside CUDA graph capture)."""
     if isinstance(value, torch.Tensor):
@@ -64,7 +67,8 @@ def _one(value, dtype, device):
     return torch.full((1,), value, dtype=dtype, device=device)
 
 
-def langevin_step_(x, score, step_size, seed, offset, noise_scale):
+def langevin_step_(x: Tensor, score: Tensor, step_size: Number, seed: Position, offset: Position,
+                   noise_scale: Number | None) -> None:
     """x += step_size score + noise_scale z in place: the backend primitive (fastscore/backend/protocol.py)."""
     if any(isinstance(v, torch.Tensor) for v in (step_size, noise_scale, seed, offset)):
         step = _one(step_size, torch.float32, x.device)
@@ -72,5 +76,5 @@ def langevin_step_(x, score, step_size, seed, offset, noise_scale):
         stream = torch.cat([_one(seed, torch.int64, x.device), _one(offset, torch.int64, x.device)])
         _launch(x, score, torch.cat([step, scale]), stream, 0.0, 0.0, 0, 0)
     else:
-        scale = math.sqrt(2.0 * float(step_size)) if noise_scale is None else float(noise_scale)
-        _launch(x, score, None, None, float(step_size), scale, int(seed), int(offset))
+        scale_value = math.sqrt(2.0 * float(step_size)) if noise_scale is None else float(noise_scale)
+        _launch(x, score, None, None, float(step_size), scale_value, int(seed), int(offset))

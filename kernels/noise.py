@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastscore.backend.protocol import Tensor
+
 from . import _common
 
 # Globals read inside @triton.jit functions must be constexpr (compiled Triton rejects other globals).
@@ -126,7 +128,8 @@ def sample_chunk_normals(n, chunk, D, C, HW, seed_lo, seed_hi, offset,
 CHANNELS_LAST_BLOCK_C = 32  # channels per channels_last tile
 
 
-def launch_geometry(n: int, d: int, c: int = 1, hw: int = 1, channels_last: bool = False):
+def launch_geometry(n: int, d: int, c: int = 1, hw: int = 1,
+                    channels_last: bool = False) -> tuple[dict[str, int], tuple[int, int]]:
     """(meta, grid) of a flat kernel over N samples of D elements: meta holds GROUPS, BLOCK_C and
     num_warps, grid = (blocks per sample, samples), the samples looped past CUDA's grid limit."""
     if channels_last:
@@ -154,7 +157,7 @@ def _randn_kernel(out_ptr, numel, seed_lo, seed_hi, off_lo, off_hi, GROUPS: tl.c
     tl.store(out_ptr + idx, z.to(out_ptr.dtype.element_ty), mask=valid)
 
 
-def randn_(out, seed, offset):
+def randn_(out: Tensor, seed: int, offset: int) -> None:
     """Fill the dense tensor out with the stream in logical order: the backend primitive."""
     numel = out.numel()
     if numel:

@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastscore.backend.protocol import Tensor
+
 from . import _common
 from .noise import STREAM_ARGS, join64, launch_geometry, sample_chunk_normals
 
@@ -39,7 +41,7 @@ def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, N, D, C, HW, seed_lo, seed_hi, of
             n += tl.num_programs(1)
 
 
-def perturb(x, sigma, seed, offset):
+def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int) -> Tensor:
     """x + sigma[n] z in x's layout: the backend primitive (fastscore/backend/protocol.py)."""
     sigma = sigma.contiguous()
     out = torch.empty_like(x)

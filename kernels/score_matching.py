@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastscore.backend.protocol import acc_dtype
+from fastscore.backend.protocol import Tensor, acc_dtype
 
 from . import _common
 from .noise import STREAM_ARGS, join64, launch_geometry, sample_chunk_normals
@@ -81,7 +81,7 @@ def _backward_kernel(grad_ptr, scores_ptr, sigma_ptr, out_ptr, power,
         n += tl.num_programs(1)
 
 
-def dsm_per_sample(scores, sigma, seed, offset, anneal_power):
+def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float) -> Tensor:
     """(N,) losses: the backend primitive (fastscore/backend/protocol.py)."""
     sigma = sigma.contiguous()
     n, d, c, hw, channels_last = _common.sample_geometry(scores)
@@ -95,7 +95,8 @@ def dsm_per_sample(scores, sigma, seed, offset, anneal_power):
     return out
 
 
-def dsm_backward(grad, scores, sigma, seed, offset, anneal_power):
+def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+                 anneal_power: float) -> Tensor:
     """d scores for per-sample loss gradients grad (N,): the backend primitive."""
     sigma, grad = sigma.contiguous(), grad.contiguous()
     out = torch.empty_like(scores)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from fastscore.cli import build_parser, main
+from fastscore.ncsn.cli import build_parser, main
 
 SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 

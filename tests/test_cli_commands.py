@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastscore import training
-from fastscore.cli import main
+from fastscore.ncsn import training
+from fastscore.ncsn.cli import main
 
 TINY = ["--set", "model.ngf=4", "--set", "model.num_classes=3", "--set", "sampling.n_steps_each=2",
         "--set", "training.snapshot_freq=2", "--set", "fastscore.log_freq=1", "--batch-size", "8",

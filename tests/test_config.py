@@ -1,10 +1,18 @@
-"""fastscore.config: ncsn's anneal.yml schema, packaged configs, validation, round trips."""
+"""fastscore.ncsn.config: ncsn's anneal.yml schema, packaged configs, validation, round trips."""
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from fastscore.config import SCHEMA, Config, ConfigError, available_configs, default_config, get_sigmas, load_config
+from fastscore.ncsn.config import (
+    SCHEMA,
+    Config,
+    ConfigError,
+    available_configs,
+    default_config,
+    get_sigmas,
+    load_config,
+)
 
 # ermongroup/ncsn configs/anneal.yml, as distributed (comments included).
 NCSN_ANNEAL_YML = """\

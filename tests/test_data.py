@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from fastscore import data
+from fastscore.ncsn import data
 
 
 def test_bundled_subset_shapes_and_split():

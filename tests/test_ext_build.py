@@ -11,7 +11,6 @@ import torch
 from fastscore.backend import _build, dispatch, ext
 
 
-
 @pytest.fixture(autouse=True)
 def _no_explicit_build(monkeypatch):
     """Tests that load afresh model an install or a cache: a FASTSCORE_EXT set for the whole run (the GPU
@@ -71,7 +70,7 @@ def test_stale_install_with_jit_disabled_gives_a_reason_and_other_backends_still
 @pytest.mark.parametrize("arch,cap,ok", [
     ("9.0", (9, 0), True), ("8.0;9.0", (8, 6), False), ("8.0+PTX", (9, 0), True),
     ("9.0", (8, 0), False), ("", (9, 0), False),
-    # arch-specific code (sm_90a, what the H200 machine's TORCH_CUDA_ARCH_LIST asks for) runs on that chip only
+    # arch-specific code (sm_90a: a TORCH_CUDA_ARCH_LIST of 9.0a) runs on that chip only
     ("9.0a", (9, 0), True), ("9.0a", (10, 0), False), ("10.0f", (10, 0), True),
 ])
 def test_cuda_arch_list_decides_cuda_availability(arch, cap, ok):

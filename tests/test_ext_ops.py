@@ -15,7 +15,7 @@ from fastscore.backend import ext, reference
 from fastscore.backend.protocol import ACTIVATION_CODES
 from fastscore.noise import normal_stream
 
-from conftest import DEVICES, poisoned_empty, requires_cuda, tolerances
+from helpers import DEVICES, poisoned_empty, requires_cuda, tolerances
 
 EXT_DEVICES = [
     pytest.param(d, marks=pytest.mark.skip(reason=f"ext on {d}: {r}"))

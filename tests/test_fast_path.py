@@ -6,7 +6,7 @@ import torch
 from fastscore.models import CondRefineNetDilated
 from fastscore.nn import CondInstanceNorm2dPlus
 
-from conftest import backend_params
+from helpers import backend_params
 
 SMALL = dict(channels=3, image_size=16, ngf=8, num_classes=4)
 

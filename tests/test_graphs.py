@@ -5,7 +5,7 @@ import torch
 from fastscore.backend import dispatch
 from fastscore.sampling import AnnealedLangevin
 
-from conftest import requires_cuda
+from helpers import requires_cuda
 
 SIGMAS = [1.0, 0.5, 0.25]
 LEVELS = len(SIGMAS)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastscore.images import make_grid, save_png, to_uint8
+from fastscore.ncsn.images import make_grid, save_png, to_uint8
 
 
 def test_grid_layout():

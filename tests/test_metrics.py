@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from fastscore import metrics
-from fastscore.data import load_mnist5k
+from fastscore.ncsn import metrics
+from fastscore.ncsn.data import load_mnist5k
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastscore.config import load_config
 from fastscore.models import (
     CondRefineNetDeeperDilated,
     CondRefineNetDilated,
@@ -23,9 +22,10 @@ from fastscore.models import (
     load_ncsn_state_dict,
     ncsn_state_dict,
 )
+from fastscore.ncsn.config import load_config
 from fastscore.nn import CondInstanceNorm2d, CondInstanceNorm2dPlus, InstanceNorm2dPlus
 
-from conftest import backend_params
+from helpers import backend_params
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import torch
 import fastscore
 from fastscore.noise import normal_stream, philox4x32
 
-from conftest import backend_params
+from helpers import backend_params
 
 KNOWN_ANSWERS = [
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),

@@ -12,7 +12,7 @@ import fastscore
 import fastscore.ops  # registers torch.ops.fastscore.*
 from fastscore.backend import reference
 
-from conftest import backend_params, poisoned_empty, reference_norm, tolerances
+from helpers import assert_close, backend_params, poisoned_empty, reference_norm
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NORM_SHAPES = [(2, 3, 5, 7), (1, 1, 4, 4), (3, 4, 1, 1), (2, 5, 33, 17), (1, 2, 3, 3)]
@@ -28,13 +28,6 @@ def shapes_for(device, cpu_shapes, gpu_shapes):
 def make(shape, dtype, device, memory_format=torch.contiguous_format, scale=1.0, shift=0.0):
     t = torch.randn(shape, dtype=torch.float32) * scale + shift
     return t.to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
-
-
-def assert_close(got, want, dtype, name, extra_atol=0.0):
-    rtol, atol = tolerances(dtype)
-    assert not torch.isnan(got).any(), f"{name} has NaN (unwritten elements?)"
-    torch.testing.assert_close(got.double().cpu(), want.double().cpu(), rtol=rtol, atol=atol + extra_atol,
-                               msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("backend,device", backend_params())

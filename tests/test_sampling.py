@@ -8,7 +8,7 @@ import fastscore
 from fastscore.backend import reference
 from fastscore.sampling import AnnealedLangevin, uniform_init
 
-from conftest import requires_cuda
+from helpers import requires_cuda
 
 
 class GaussianScore(torch.nn.Module):

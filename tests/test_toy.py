@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastscore import toy
-from fastscore.cli import main
+from fastscore.ncsn import toy
+from fastscore.ncsn.cli import main
 
 
 def log_density(x, sigma):

@@ -5,16 +5,17 @@ import math
 import os
 import signal
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import fastscore
-from fastscore import training
-from fastscore.data import BatchStream, Preprocess, TensorImages, mnist5k_dataset
-from fastscore.training import Trainer, TrainSettings, geometric_sigmas
+from fastscore.ncsn import training
+from fastscore.ncsn.data import BatchStream, Preprocess, TensorImages, mnist5k_dataset
+from fastscore.ncsn.training import Trainer, TrainSettings, loop
+from fastscore.schedule import noise_levels
 
 
 class TinyScore(nn.Module):
@@ -37,17 +38,9 @@ def make_trainer(workdir=None, n_iters=20, levels=4, **overrides):
     kw = dict(n_iters=n_iters, batch_size=16, ema_rate=0.9, log_every=5, checkpoint_every=7, seed=11)
     kw.update(overrides)
     settings = TrainSettings(**kw)
-    return Trainer(TinyScore(levels), geometric_sigmas(1.0, 0.01, levels), BatchStream(ds, 16, settings.seed),
+    return Trainer(TinyScore(levels), noise_levels(1.0, 0.01, levels), BatchStream(ds, 16, settings.seed),
                    settings, Preprocess(random_flip=True), workdir=workdir, config={"name": "tiny"},
                    progress=False)
-
-
-def test_geometric_sigmas_are_ncsns():
-    ncsn = np.exp(np.linspace(np.log(1.0), np.log(0.01), 10))  # ncsn's anneal runner
-    assert torch.allclose(geometric_sigmas(1.0, 0.01, 10).double(), torch.from_numpy(ncsn), rtol=1e-6)
-    assert geometric_sigmas(50.0, 0.01, 232)[0] == 50.0 and len(geometric_sigmas(2, 1, 1)) == 1
-    with pytest.raises(ValueError):
-        geometric_sigmas(1.0, 0.0, 10)
 
 
 def test_loss_is_ncsns_anneal_dsm_on_the_noise_stream():
@@ -200,12 +193,12 @@ def test_a_run_projected_past_a_day_is_warned_about(monkeypatch, capsys):
     assert training.eta_warning(0.1, 200_000, float("inf"), "cuda") is None   # 5.6 hours
     assert training.eta_warning(8.0, 200_000, 3600.0, "cpu") is None          # a time limit ends it in an hour
     # In the loop: judged once, after ETA_AFTER_STEPS steps and ETA_AFTER_SECONDS seconds.
-    monkeypatch.setattr(training, "ETA_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(loop, "ETA_AFTER_SECONDS", 0.0)
     t = make_trainer(n_iters=10**12)  # projected past a day however fast a step is
     real_step = t.train_step
 
     def step_then_stop(x):
-        if t.step + 1 >= training.ETA_AFTER_STEPS + 2:
+        if t.step + 1 >= loop.ETA_AFTER_STEPS + 2:
             signal.raise_signal(signal.SIGINT)
         return real_step(x)
 
@@ -217,7 +210,7 @@ def test_a_run_projected_past_a_day_is_warned_about(monkeypatch, capsys):
 
 def test_one_bar_over_several_calls():
     t = make_trainer(n_iters=6)
-    bar = training.tqdm(file=io.StringIO())
+    bar = tqdm(file=io.StringIO())
     t.train(n_iters=3, bar=bar)
     t.train(n_iters=6, bar=bar)
     assert bar.n == 6

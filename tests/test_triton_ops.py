@@ -17,7 +17,7 @@ import fastscore
 from fastscore.backend import dispatch, reference
 from fastscore.noise import normal_stream
 
-from conftest import DEVICES, poisoned_empty, reference_norm, tolerances
+from helpers import DEVICES, assert_close, poisoned_empty, reference_norm
 
 TRITON_DEVICES = [
     pytest.param(d, marks=[pytest.mark.skip(reason=f"triton on {d}: {r}")] if r else [])
@@ -43,13 +43,6 @@ def k():
 def rand(shape, device, dtype=torch.float32, scale=1.0, shift=0.0, fmt=torch.contiguous_format):
     t = torch.randn(shape, dtype=torch.float32) * scale + shift
     return t.to(device=device, dtype=dtype).contiguous(memory_format=fmt)
-
-
-def assert_close(got, want, dtype, name, extra_atol=0.0):
-    rtol, atol = tolerances(dtype)
-    assert not torch.isnan(got).any(), f"{name} has NaN (unwritten elements?)"
-    torch.testing.assert_close(got.double().cpu(), want.double().cpu(), rtol=rtol, atol=atol + extra_atol,
-                               msg=lambda m: f"{name}: {m}")
 
 
 def check_norm(x, gamma, alpha, beta, activation, name):

@@ -11,7 +11,7 @@ with one noise seed per run, drawn from the trainer's torch generator and stored
 
 Everything random is a function of the run's seed and the step: the trainer's own torch.Generator
 draws labels, flips, dequantization noise and the noise seed; the data order is a function of
-(seed, epoch) (fastscore.data.BatchStream). A checkpoint holds model, optimizer, EMA, step, config,
+(seed, epoch) (fastscore.ncsn.data.BatchStream). A checkpoint holds model, optimizer, EMA, step, config,
 noise (seed, offset) and generator states, so `resume` continues bit for bit where the run stopped
 (tests/test_training.py checks 20 steps == 10 + resume + 10 on the CPU).
 
@@ -22,39 +22,23 @@ current step and saves; a second press aborts at once, leaving the last checkpoi
 from __future__ import annotations
 
 import contextlib
-import copy
-import csv
-import math
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
 
-from .data import BUNDLED, BatchStream, DataSpec, Preprocess, TensorImages, get_dataset
-from .noise import MAX_SEED
-from .ops import dsm_loss, perturb
-
-CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = "fastscore-ncsn-checkpoint"
-FORMAT_VERSION = 1
-
-
-def geometric_sigmas(sigma_begin: float, sigma_end: float, num_classes: int) -> torch.Tensor:
-    """ncsn's noise levels: num_classes values from sigma_begin down to sigma_end, evenly spaced in log."""
-    if not (sigma_begin > 0 and sigma_end > 0 and math.isfinite(sigma_begin) and math.isfinite(sigma_end)):
-        raise ValueError(f"sigma_begin and sigma_end must be finite and > 0, got {sigma_begin}, {sigma_end}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if num_classes == 1:
-        return torch.tensor([float(sigma_begin)], dtype=torch.float32)
-    logs = torch.linspace(math.log(sigma_begin), math.log(sigma_end), num_classes, dtype=torch.float64)
-    return logs.exp().to(torch.float32)
+from ...noise import MAX_SEED
+from ...ops import dsm_loss, perturb
+from ..data import BatchStream, Preprocess
+from .checkpoint import CHECKPOINT_NAME, FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
+from .ema import EMA
+from .logger import Logger
 
 
 @dataclass
@@ -81,7 +65,7 @@ class TrainSettings:
     backend: str | None = None       # fastscore op backend for perturb / dsm_loss
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainSettings":
+    def from_dict(cls, d: dict) -> TrainSettings:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -99,120 +83,6 @@ def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "SGD":
         return torch.optim.SGD(params, lr=s.lr, momentum=0.9)
     raise ValueError(f"optimizer must be 'Adam', 'RMSProp' or 'SGD', got {s.optimizer!r}")
-
-
-class EMA:
-    """Exponential moving average of the parameters (ncsn's EMAHelper): shadow = mu*shadow + (1-mu)*p."""
-
-    def __init__(self, model: torch.nn.Module, rate: float):
-        if not 0.0 < rate < 1.0:
-            raise ValueError(f"EMA rate must be in (0, 1), got {rate}")
-        self.rate = rate
-        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        for k, p in model.named_parameters():
-            if k in self.shadow:
-                self.shadow[k].lerp_(p.detach(), 1.0 - self.rate)
-
-    def copy_to(self, model: torch.nn.Module) -> torch.nn.Module:
-        with torch.no_grad():
-            for k, p in model.named_parameters():
-                if k in self.shadow:
-                    p.copy_(self.shadow[k])
-        return model
-
-    def averaged(self, model: torch.nn.Module) -> torch.nn.Module:
-        """A copy of model holding the averaged weights (buffers as the live model's)."""
-        return self.copy_to(copy.deepcopy(model))
-
-    def state_dict(self) -> dict:
-        return {"rate": self.rate, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rate = state["rate"]
-        for k, v in state["shadow"].items():
-            self.shadow[k].copy_(v)
-
-
-# ----------------------------------------------------------------------------- checkpoint files
-
-def save_atomic(obj: Any, path: str) -> str:
-    """torch.save to a temporary file beside `path`, fsync, then rename over it: a crash at any
-    moment leaves either the old checkpoint or the new one, never a torn file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return path
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """A checkpoint written by Trainer (a file, or a run directory holding checkpoint.pt)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_NAME)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r} (train writes <workdir>/{CHECKPOINT_NAME})")
-    # weights_only: a checkpoint holds tensors, numbers, strings and dicts only, so loading one never
-    # runs code from the file.
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path!r} is not a fastscore checkpoint")
-    if ckpt.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path!r} was written by a newer fastscore (format {ckpt['version']})")
-    return ckpt
-
-
-# ----------------------------------------------------------------------------- logs
-
-class Logger:
-    """Appends rows to <workdir>/log.csv and, when tensorboard is installed, to TensorBoard."""
-
-    COLUMNS = ("step", "loss", "lr", "it_per_s", "elapsed_s")
-
-    def __init__(self, workdir: str, tensorboard: bool = True):
-        self.path = os.path.join(workdir, "log.csv")
-        new = not os.path.exists(self.path)
-        self._file = open(self.path, "a", newline="")
-        self._csv = csv.writer(self._file)
-        if new:
-            self._csv.writerow(self.COLUMNS)
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-            except ImportError:  # tensorboard not installed: CSV only
-                self._tb = None
-
-    def log(self, step: int, loss: float, lr: float, it_per_s: float, elapsed: float) -> None:
-        self._csv.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{it_per_s:.4g}", f"{elapsed:.2f}"])
-        self._file.flush()
-        if self._tb is not None:
-            self._tb.add_scalar("loss", loss, step)
-            self._tb.add_scalar("it_per_s", it_per_s, step)
-
-    def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
 
 
 @contextlib.contextmanager
@@ -270,7 +140,7 @@ class Trainer:
     """Annealed DSM training of `model(x, labels) -> scores` over `sigmas` (largest first).
 
     model: a torch.nn.Module called as model(x, labels), labels the noise-level indices.
-    stream: a fastscore.data.BatchStream of [0, 1] images. preprocess: ncsn's flip/dequant/logit.
+    stream: a fastscore.ncsn.data.BatchStream of [0, 1] images. preprocess: ncsn's flip/dequant/logit.
     workdir: where checkpoint.pt, log.csv and samples/ go (None: keep nothing on disk).
     config: a plain dict stored in every checkpoint (what `fastscore sample` rebuilds the model from).
     sample_fn(model, step): called every settings.sample_every steps and at the end with the model
@@ -462,142 +332,3 @@ class Trainer:
         if self.sample_fn and self.step > start_step:
             self.sample_fn(self.sampling_model(), self.step)
         return TrainResult(self.step, stopped, time.perf_counter() - t0, last, losses)
-
-
-# ----------------------------------------------------------------------------- from a config file
-
-class DeviceUnavailable(RuntimeError):
-    """The run asks for a device this machine does not have."""
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """"auto" (or None): cuda when a GPU is visible, else cpu; otherwise the named device, checked."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable(f"device {name!r} was asked for but no CUDA GPU is visible; use --device cpu")
-    return device
-
-
-def data_spec_from_config(config, image_folder: str | None = None, split: str = "train") -> DataSpec:
-    """ncsn's data section as a DataSpec: MNIST without data.root is the bundled 5,000-digit subset."""
-    d = config.data
-    if image_folder:
-        return DataSpec("folder", image_folder, d.image_size, split)
-    if d.dataset == "MNIST":
-        return DataSpec("mnist" if d.root else BUNDLED, d.root, d.image_size, split)
-    return DataSpec({"CIFAR10": "cifar10", "CELEBA": "celeba"}[d.dataset], d.root, d.image_size, split)
-
-
-def load_training_data(config, spec: DataSpec):
-    """The dataset of `spec`, cut to data.subset images if set, checked against data.channels."""
-    dataset = get_dataset(spec)
-    channels = dataset[0][0].shape[0]
-    if channels != config.data.channels:
-        raise ValueError(f"the {spec.name} images have {channels} channels but the config says "
-                         f"data.channels = {config.data.channels}")
-    subset = config.data.subset
-    if subset is not None and subset < len(dataset):
-        if isinstance(dataset, TensorImages):
-            dataset = TensorImages(dataset.images[:subset], dataset.labels[:subset])
-        else:
-            dataset = torch.utils.data.Subset(dataset, range(subset))
-    return dataset
-
-
-def settings_from_config(config, **overrides) -> TrainSettings:
-    t, o, f = config.training, config.optim, config.fastscore
-    values = dict(
-        n_iters=t.n_iters, batch_size=t.batch_size, optimizer=o.optimizer, lr=o.lr, beta1=o.beta1,
-        beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay, amsgrad=o.amsgrad,
-        anneal_power=t.anneal_power, ema_rate=f.ema_rate if f.ema else 0.0, bf16=f.bf16, seed=f.seed,
-        log_every=f.log_freq, checkpoint_every=t.snapshot_freq,
-        backend=None if f.backend == "auto" else f.backend)
-    values.update(overrides)
-    return TrainSettings(**values)
-
-
-def preprocess_from_config(config) -> Preprocess:
-    return Preprocess(random_flip=config.data.random_flip, dequantize=True,
-                      logit_transform=config.data.logit_transform)
-
-
-def build_model_for(config, device: torch.device) -> torch.nn.Module:
-    from .models import build_model
-
-    model = build_model(config, fuse_norm_act=config.fastscore.fuse_norm_act).to(device)
-    if config.fastscore.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def make_sampler(model, config, sigmas, device, n_steps_each: int | None = None,
-                 step_lr: float | None = None, denoise: bool | None = None):
-    """AnnealedLangevin with the config's sampling section (arguments override it)."""
-    from .sampling import AnnealedLangevin
-
-    s, d = config.sampling, config.data
-    backend = None if config.fastscore.backend == "auto" else config.fastscore.backend
-    return AnnealedLangevin(
-        model, sigmas, n_steps_each=n_steps_each or s.n_steps_each, step_lr=step_lr or s.step_lr,
-        denoise=s.final_denoise if denoise is None else denoise,
-        shape=(d.channels, d.image_size, d.image_size), device=device, backend=backend)
-
-
-def grid_writer(config, sigmas, directory: str, count: int, device, preprocess: Preprocess) -> SampleFn:
-    """A sample_fn that writes <directory>/step_XXXXXXX.png, the same seed each time (comparable grids)."""
-    from .images import save_png
-
-    seed = config.sampling.seed if config.sampling.seed is not None else config.fastscore.seed
-
-    def write(model, step):
-        x = make_sampler(model, config, sigmas, device).sample(count, seed=seed, progress=False)
-        save_png(preprocess.invert(x), os.path.join(directory, f"step_{step:07d}.png"))
-
-    return write
-
-
-def build_trainer(config, workdir: str | None, *, image_folder: str | None = None, device=None,
-                  sample_every: int = 0, sample_count: int = 36, progress: bool = True,
-                  **setting_overrides) -> Trainer:
-    """A Trainer for a fastscore Config (fastscore.config.load_config): data, model, noise levels,
-    optimizer and sample grids as the config says; `setting_overrides` replace TrainSettings fields."""
-    from .config import get_sigmas
-
-    device = resolve_device(device or config.fastscore.device)
-    spec = data_spec_from_config(config, image_folder)
-    dataset = load_training_data(config, spec)
-    settings = settings_from_config(config, sample_every=sample_every, **setting_overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)  # the initial weights are a function of the run's seed
-        model = build_model_for(config, device)
-    forward = torch.compile(model) if config.fastscore.compile else None
-    sigmas = get_sigmas(config)
-    preprocess = preprocess_from_config(config)
-    sample_fn = None
-    if workdir is not None and sample_count > 0:
-        sample_fn = grid_writer(config, sigmas, os.path.join(workdir, "samples"), sample_count, device,
-                                preprocess)
-    stream = BatchStream(dataset, settings.batch_size, settings.seed, config.fastscore.num_workers)
-    return Trainer(model, sigmas, stream, settings, preprocess, workdir=workdir, config=config.to_dict(),
-                   sample_fn=sample_fn, progress=progress, forward=forward,
-                   meta={"data": asdict(spec), "images": len(dataset)})
-
-
-def load_model(checkpoint: str | dict, device=None, ema: bool = True):
-    """(model, config, checkpoint) from a checkpoint written by `fastscore train`, in eval mode, holding
-    the EMA weights when the run kept them and `ema` is set."""
-    from .config import Config
-
-    device = resolve_device(device)
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location=device)
-    config = Config.from_dict(ckpt["config"])
-    model = build_model_for(config, device)
-    model.load_state_dict(ckpt["model"])
-    if ema and ckpt.get("ema") is not None:
-        with torch.no_grad():
-            for k, p in model.named_parameters():
-                if k in ckpt["ema"]["shadow"]:
-                    p.copy_(ckpt["ema"]["shadow"][k])
-    return model.eval(), config, ckpt

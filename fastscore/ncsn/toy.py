@@ -13,21 +13,21 @@ The result is printed as recovered mode weights and drawn as three scatter panel
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 import torch
 
-from .ops import langevin_step_
-from .sampling import AnnealedLangevin
+from ..ops import langevin_step_
+from ..sampling import AnnealedLangevin
+from ..schedule import noise_levels
 
 WEIGHTS = (0.2, 0.8)
 MEANS = ((-5.0, -5.0), (5.0, 5.0))
 BOX = 8.0           # uniform start in [-BOX, BOX]^2
 STEP = 0.1          # eps: plain Langevin's step, annealed Langevin's step at the smallest sigma
 PLAIN_STEPS = 1000
-ANNEAL_SIGMAS = tuple(torch.logspace(math.log10(20.0), 0.0, 10, dtype=torch.float64).tolist())  # 20 ... 1
+ANNEAL_SIGMAS = tuple(noise_levels(20.0, 1.0, 10).tolist())  # 20 ... 1
 ANNEAL_STEPS = 100
 NEAR = 5.0          # a sample counts for a mode when it lies within this distance of its mean
 

@@ -1,6 +1,6 @@
 """Run configurations: ermongroup/ncsn's anneal.yml schema plus optional fastscore sections.
 
-    config = load_config("mnist")                       # a packaged config (fastscore/configs/mnist.yml)
+    config = load_config("mnist")                       # a packaged config (fastscore/ncsn/configs/mnist.yml)
     config = load_config("path/to/anneal.yml", {"model.ngf": 32})
     config.model.ngf, config.training.batch_size        # attribute access, like ncsn's parsed namespace
     config.to_dict()                                    # plain nested dict (for checkpoints); from_dict back
@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
+
+from . import architectures
 
 __all__ = ["Config", "ConfigError", "load_config", "available_configs", "default_config", "get_sigmas",
            "SCHEMA", "ARCHS", "DATASETS"]
 
-ARCHS = ("CondRefineNetDilated", "CondRefineNetDeeperDilated", "NCSNv2", "NCSNv2Deeper")
-# Each network halves the image size this many times (the rest of its stages are dilated instead).
-ARCH_DOWNSAMPLING = {"CondRefineNetDilated": 1, "CondRefineNetDeeperDilated": 2, "NCSNv2": 1, "NCSNv2Deeper": 2}
+ARCHS = architectures.NAMES
 DATASETS = ("MNIST", "CIFAR10", "CELEBA")
 ALIASES = {"demo": "mnist-small"}
 
@@ -156,7 +157,7 @@ class Config:
         return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in vars(self).items()}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "Config":
+    def from_dict(cls, values: Mapping[str, Any]) -> Config:
         """Validate a nested dict (e.g. a checkpoint's) against the schema; defaults fill the gaps."""
         return _build(values, source="dict")
 
@@ -173,8 +174,8 @@ class Config:
 
 
 def available_configs() -> list[str]:
-    """Names of the packaged configs (fastscore/configs/*.yml), plus aliases."""
-    names = [p.name[:-4] for p in resources.files("fastscore").joinpath("configs").iterdir()
+    """Names of the packaged configs (fastscore/ncsn/configs/*.yml), plus aliases."""
+    names = [p.name[:-4] for p in resources.files(__package__).joinpath("configs").iterdir()
              if p.name.endswith(".yml")]
     return sorted(names + list(ALIASES))
 
@@ -223,7 +224,7 @@ def _read_yaml(source: str | Path) -> tuple[Any, str]:
         text, name = path.read_text(), str(path)
     else:
         packaged = ALIASES.get(str(source), str(source))
-        entry = resources.files("fastscore").joinpath("configs", f"{packaged}.yml")
+        entry = resources.files(__package__).joinpath("configs", f"{packaged}.yml")
         if not entry.is_file():
             raise ConfigError(f"no config named {str(source)!r}: not a file, and not one of the packaged "
                               f"configs {', '.join(available_configs())}")
@@ -333,7 +334,7 @@ def _check_consistency(v: dict[str, dict[str, Any]], source: str) -> None:
     if model["sigma_begin"] < model["sigma_end"]:
         raise ConfigError(f"{source}: model.sigma_begin ({model['sigma_begin']}) must be >= model.sigma_end "
                           f"({model['sigma_end']}): noise levels run from the largest to the smallest")
-    factor = 2 ** ARCH_DOWNSAMPLING[model["arch"]]
+    factor = 2 ** architectures.DOWNSAMPLING[model["arch"]]
     if data["image_size"] % factor:
         raise ConfigError(f"{source}: data.image_size ({data['image_size']}) must be a multiple of {factor} "
                           f"for model.arch {model['arch']!r}")
@@ -344,20 +345,14 @@ def _check_consistency(v: dict[str, dict[str, Any]], source: str) -> None:
 
 
 def get_sigmas(config, device=None):
-    """The noise levels sigma_1 > ... > sigma_L as a float32 tensor (geometric as in ncsn, or linear).
-
-    Computed in float64 then rounded, like ncsn's np.exp(np.linspace(log begin, log end, L)).
-    """
-    import numpy as np
-    import torch
+    """The config's noise levels sigma_1 > ... > sigma_L (fastscore.schedule.noise_levels) as a float32
+    tensor; works on ncsn's own config namespace too (no training.noise_schedule: geometric)."""
+    from ..schedule import noise_levels
 
     model = config.model
     schedule = getattr(getattr(config, "training", None), "noise_schedule", "geometric")
-    begin, end, n = float(model.sigma_begin), float(model.sigma_end), int(model.num_classes)
-    if schedule == "geometric":
-        sigmas = np.exp(np.linspace(np.log(begin), np.log(end), n))
-    elif schedule == "linear":
-        sigmas = np.linspace(begin, end, n)
-    else:
-        raise ConfigError(f"training.noise_schedule must be 'geometric' or 'linear'; got {schedule!r}")
-    return torch.tensor(sigmas, dtype=torch.float64).to(torch.float32).to(device)
+    try:
+        sigmas = noise_levels(model.sigma_begin, model.sigma_end, int(model.num_classes), schedule)
+    except ValueError as exc:
+        raise ConfigError(f"model.sigma_begin / sigma_end / num_classes, training.noise_schedule: {exc}") from None
+    return sigmas.to(device)

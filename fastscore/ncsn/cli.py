@@ -46,7 +46,7 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 def _load_run_config(args: argparse.Namespace):
-    from fastscore.config import load_config
+    from fastscore.ncsn.config import load_config
 
     overrides = _parse_overrides(args.set)
     for attr, key in (("n_iters", "training.n_iters"), ("batch_size", "training.batch_size"),
@@ -58,11 +58,11 @@ def _load_run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fastscore import training
+    from fastscore.ncsn import training
 
     if args.resume:
         ckpt = training.load_checkpoint(args.workdir)
-        from fastscore.config import load_config
+        from fastscore.ncsn.config import load_config
 
         # The run's own config, with only what the user changes now (e.g. a larger n_iters).
         overrides = _parse_overrides(args.set)
@@ -94,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _sampler_for(args: argparse.Namespace):
-    from fastscore import training
+    from fastscore.ncsn import training
+    from fastscore.ncsn.data import Preprocess
 
     model, config, ckpt = training.load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
     if args.backend is not None:
@@ -102,25 +103,25 @@ def _sampler_for(args: argparse.Namespace):
     sampler = training.make_sampler(model, config, ckpt["sigmas"], next(model.parameters()).device,
                                     n_steps_each=args.steps_each, step_lr=args.step_lr,
                                     denoise=True if args.denoise else None)
-    preprocess = training.Preprocess(**ckpt["preprocess"])
+    preprocess = Preprocess(**ckpt["preprocess"])
     return sampler, config, ckpt, preprocess
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from fastscore.images import save_png
+    from fastscore.ncsn.images import save_png
 
     sampler, config, ckpt, preprocess = _sampler_for(args)
     x = sampler.sample(args.n, seed=args.seed, progress=not args.quiet)
     save_png(preprocess.invert(x), args.out, nrow=args.nrow)
-    print(f"wrote {args.n} samples (step {ckpt['step']} weights{', EMA' if ckpt.get('ema') and not args.no_ema else ''}, "
-          f"seed {sampler.last_seed}) to {args.out}")
+    weights = "EMA weights" if ckpt.get("ema") and not args.no_ema else "weights"
+    print(f"wrote {args.n} samples (step {ckpt['step']} {weights}, seed {sampler.last_seed}) to {args.out}")
     return 0
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
-    from fastscore import training
-    from fastscore.images import save_png
-    from fastscore.inpainting import half_mask, inpaint_grid, reference_images
+    from fastscore.ncsn import training
+    from fastscore.ncsn.images import save_png
+    from fastscore.ncsn.inpainting import half_mask, inpaint_grid, reference_images
 
     sampler, config, ckpt, preprocess = _sampler_for(args)
     spec = training.data_spec_from_config(config, split="test")
@@ -141,14 +142,14 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fastscore import demo
+    from fastscore.ncsn import demo
 
     return demo.main(out=args.out, minutes=args.minutes, seed=args.seed, quiet=args.quiet,
                      tiny=args.tiny, device=args.device)
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
-    from fastscore import toy  # deferred: only this subcommand needs it
+    from fastscore.ncsn import toy  # deferred: only this subcommand needs it
 
     result = toy.run(n_samples=args.n_samples, seed=args.seed, progress=not args.quiet)
     print(toy.report(result))
@@ -256,10 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fastscore.config import ConfigError
-    from fastscore.data import DataUnavailable
     from fastscore.backend.dispatch import BackendUnavailable
-    from fastscore.training import DeviceUnavailable
+    from fastscore.ncsn.config import ConfigError
+    from fastscore.ncsn.data import DataUnavailable
+    from fastscore.ncsn.training import DeviceUnavailable
 
     try:
         return args.func(args)

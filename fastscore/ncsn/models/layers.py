@@ -12,7 +12,7 @@ and skip the separate ELU (one pass over the activations instead of two). Same v
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -192,6 +192,6 @@ class RefineBlock(nn.Module):
         self.crp = CRPBlock(features, 2, norm, pool)
 
     def forward(self, xs: Sequence[torch.Tensor], y, output_shape) -> torch.Tensor:
-        hs = [adapt(x, y) for adapt, x in zip(self.adapt_convs, xs)]
+        hs = [adapt(x, y) for adapt, x in zip(self.adapt_convs, xs, strict=True)]
         h = self.msf(hs, y, output_shape) if self.n_blocks > 1 else hs[0]
         return self.output_convs(self.crp(h, y), y)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .data import load_mnist5k
 
-_CACHE: dict[tuple, "DigitClassifier"] = {}
+_CACHE: dict[tuple, DigitClassifier] = {}
 
 
 class DigitClassifier(nn.Module):

@@ -12,9 +12,9 @@ iterator state.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ def load_mnist5k(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    with resources.files("fastscore").joinpath("assets/mnist_5k.npz").open("rb") as f:
+    with resources.files(__package__).joinpath("assets/mnist_5k.npz").open("rb") as f:
         arrays = np.load(f)
         images, labels = arrays["images"], arrays["labels"].astype(np.int64)
     if split != "all":

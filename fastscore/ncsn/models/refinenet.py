@@ -21,13 +21,16 @@ dict) and/or keyword arguments, which override the config.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import CondInstanceNorm2d, CondInstanceNorm2dPlus, InstanceNorm2dPlus
+from ...nn import CondInstanceNorm2d, CondInstanceNorm2dPlus, InstanceNorm2dPlus
+from ...schedule import noise_levels
+from ..architectures import DOWNSAMPLING
 from .layers import RefineBlock, ResidualBlock
 
 __all__ = ["CondRefineNetDilated", "CondRefineNetDeeperDilated", "NCSNv2", "NCSNv2Deeper"]
@@ -76,6 +79,10 @@ class _RefineNet(nn.Module):
 
     #: how many times the network halves the image size (H and W must be multiples of 2**this)
     downsampling: int = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.downsampling = DOWNSAMPLING[cls.__name__]
 
     def _build(self, channels: int, ngf: int, stages, norm, refine_norm, pool: str, fuse_act: bool) -> None:
         # Registration order as in the originals: begin_conv, normalizer, end_conv, res*, refine*.
@@ -139,7 +146,6 @@ class CondRefineNetDilated(_RefineNet):
     fuse_norm_act: fold the ELU after each norm into the norm kernel (same values, fewer passes).
     """
 
-    downsampling = 1
     stages = _STAGES_4  # ncsn asks res4 for adjust_padding at 28 px; dilated blocks ignore it: one layout
     default_norm = "instance++"
     _defaults = dict(channels=1, image_size=28, ngf=64, num_classes=10, logit_transform=False)
@@ -169,7 +175,6 @@ class CondRefineNetDilated(_RefineNet):
 class CondRefineNetDeeperDilated(CondRefineNetDilated):
     """ncsn's 64 px network (5 stages); its code uses CondInstanceNorm2d (norm="instance") here."""
 
-    downsampling = 2
     stages = _STAGES_5
     default_norm = "instance"
     _defaults = dict(channels=3, image_size=64, ngf=128, num_classes=10, logit_transform=False)
@@ -182,7 +187,6 @@ class NCSNv2(_RefineNet):
     sequence from sigma_begin to sigma_end with num_classes levels.
     """
 
-    downsampling = 1
     stages = _STAGES_4
     _defaults = dict(channels=3, image_size=32, ngf=128, num_classes=232, logit_transform=False, rescaled=False,
                      sigma_begin=50.0, sigma_end=0.01)
@@ -199,9 +203,8 @@ class NCSNv2(_RefineNet):
                                    logit_transform=logit_transform, rescaled=rescaled, sigma_begin=sigma_begin,
                                    sigma_end=sigma_end), self._defaults)
         if sigmas is None:
-            from ..config import get_sigmas
-
-            sigmas = get_sigmas(_SigmaSpec(hp["sigma_begin"], hp["sigma_end"], hp["num_classes"], config))
+            schedule = _lookup(config, "training", "noise_schedule") if config is not None else None
+            sigmas = noise_levels(hp["sigma_begin"], hp["sigma_end"], hp["num_classes"], schedule or "geometric")
         if sigmas.numel() != hp["num_classes"]:
             raise ValueError(f"sigmas has {sigmas.numel()} levels but num_classes is {hp['num_classes']}")
         self.hparams = hp
@@ -220,15 +223,5 @@ class NCSNv2(_RefineNet):
 class NCSNv2Deeper(NCSNv2):
     """NCSNv2's 64 px variant (5 stages)."""
 
-    downsampling = 2
     stages = _STAGES_5
     _defaults = dict(NCSNv2._defaults, image_size=64)
-
-
-class _SigmaSpec:
-    """The minimal config get_sigmas reads: model.sigma_begin/end/num_classes and the schedule."""
-
-    def __init__(self, begin: float, end: float, n: int, config: Any):
-        self.model = type("model", (), dict(sigma_begin=begin, sigma_end=end, num_classes=n))()
-        schedule = _lookup(config, "training", "noise_schedule") if config is not None else None
-        self.training = type("training", (), dict(noise_schedule=schedule or "geometric"))()

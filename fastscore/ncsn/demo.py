@@ -23,7 +23,7 @@ from .data import DataSpec
 from .images import save_png
 from .inpainting import half_mask, inpaint_grid, reference_images
 
-CONFIG = "demo"  # fastscore/configs/mnist-small.yml
+CONFIG = "demo"  # fastscore/ncsn/configs/mnist-small.yml
 N_SAMPLES = 100
 N_INPAINT = 10
 PER_IMAGE = 3

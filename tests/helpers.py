@@ -1,0 +1,71 @@
+"""What the tests share: devices, backend parameters, NaN-poisoned outputs, the reference norm and the
+tolerances against it."""
+import contextlib
+
+import pytest
+import torch
+
+from fastscore.backend import dispatch
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def requires_cuda(test):
+    """Skip without a CUDA device; marked gpu so the GPU run selects it."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
+
+
+def backend_params(names=dispatch.NAMES, devices=None):
+    """(backend, device) pairs for every backend on every device (or on `devices`, which may name a
+    device this machine lacks); unavailable ones skip with the reason."""
+    params = []
+    for device in DEVICES if devices is None else devices:
+        for name in names:
+            reason = dispatch.unavailable_reason(name, device)
+            marks = [pytest.mark.skip(reason=f"{name} on {device}: {reason}")] if reason else []
+            params.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
+    return params
+
+
+@contextlib.contextmanager
+def poisoned_empty():
+    """Make torch.empty (and so every kernel's output allocation) fill floats with NaN."""
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    old_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+        torch.utils.deterministic.fill_uninitialized_memory = old_fill
+
+
+def reference_norm(inputs, has_beta, activation, dy, dtype):
+    """(y, grads of x, gamma, alpha[, beta]) of the reference norm on copies of inputs in dtype, as
+    float64: in float64 the ground truth; in float32 a measure of the op's conditioning at these
+    inputs (where channel means are nearly equal, muhat = (mu - m) / sqrt(v + eps) amplifies the
+    rounding of mu, and no float32 code does better than the reference run in float32)."""
+    from fastscore.backend import reference
+
+    ref = [t.detach().to(dtype).requires_grad_() for t in inputs]
+    y = reference.cond_instance_norm_plus(*ref[:3], ref[3] if has_beta else None, 1e-5, activation)
+    grads = torch.autograd.grad(y, ref, dy.to(dtype))
+    return y.double(), [g.double() for g in grads]
+
+
+def tolerances(dtype):
+    """(rtol, atol) for comparing a backend's output in `dtype` with the float64 reference."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return 2e-2, 2e-2
+    return 1e-5, 1e-5
+
+
+def assert_close(got, want, dtype, name, extra_atol=0.0):
+    """got (in dtype) against the float64 want at tolerances(dtype), plus extra_atol; NaN is a failure
+    (an element no kernel wrote, under poisoned_empty)."""
+    rtol, atol = tolerances(dtype)
+    assert not torch.isnan(got).any(), f"{name} has NaN (unwritten elements?)"
+    torch.testing.assert_close(got.double().cpu(), want.double().cpu(), rtol=rtol, atol=atol + extra_atol,
+                               msg=lambda m: f"{name}: {m}")
