@@ -74,13 +74,17 @@ class EagerLangevinStep:
 def annealed_langevin(step: LangevinStep, x: torch.Tensor, sigmas: Sequence[float], step_sizes: Sequence[float],
                       n_steps_each: int, seed: int, *, reference: torch.Tensor | None = None,
                       mask: torch.Tensor | None = None, callback: Callback | None = None,
-                      bar: tqdm | None = None, backend: str | None = None) -> None:
+                      bar: tqdm | None = None, backend: str | None = None) -> torch.Tensor:
     """The sampling loop: for each level (largest sigma first) n_steps_each updates of x by `step`,
     which draws the noise at offsets 0, numel, 2 numel, ... of the seed's stream. With a reference and
     a mask (inpainting), each level first draws z' (reference's numel positions) and sets the known
-    pixels to reference + sigma_i z'; the step re-imposes them after every update."""
+    pixels to reference + sigma_i z'; the step re-imposes them after every update.
+
+    Returns, as a device tensor (read it once, after the loop: no sync per step), the index of the
+    first update after which x held a non-finite value, or -1."""
     offset = 0
     numel = x.numel()
+    first_nonfinite = torch.full((), -1, dtype=torch.int64, device=x.device)
     for level, (sigma, step_size) in enumerate(zip(sigmas, step_sizes, strict=True)):
         keep_values = None
         if reference is not None:
@@ -94,11 +98,14 @@ def annealed_langevin(step: LangevinStep, x: torch.Tensor, sigmas: Sequence[floa
         for t in range(n_steps_each):
             step(seed, offset)
             offset += numel
+            broken = (first_nonfinite < 0) & ~torch.isfinite(x).all()
+            first_nonfinite = torch.where(broken, level * n_steps_each + t, first_nonfinite)
             if callback is not None:
                 callback(level * n_steps_each + t, level, x)
         if bar is not None:
             bar.update(n_steps_each)
             bar.set_postfix(sigma=f"{sigma:.4g}", refresh=False)
+    return first_nonfinite
 
 
 def _check_sigmas(sigmas: object) -> tuple[float, ...]:
@@ -189,6 +196,9 @@ class AnnealedLangevin:
         self.cuda_graph = cuda_graph
         self.step_sizes = langevin_step_sizes(self.sigmas, self.step_lr)
         self.last_seed: int | None = None  # the seed of the latest run, to reproduce an unseeded one
+        # (level, step within it) of the first update of the latest run after which a sample held a
+        # non-finite value; None when every update stayed finite
+        self.first_nonfinite: tuple[int, int] | None = None
 
     @property
     def n_steps(self) -> int:
@@ -256,8 +266,9 @@ class AnnealedLangevin:
         try:
             with torch.no_grad():
                 step = self._capture(x, mask) or EagerLangevinStep(self.score, x, self.backend, mask)
-                annealed_langevin(step, x, self.sigmas, self.step_sizes, self.n_steps_each, seed,
-                                  reference=reference, mask=mask, callback=callback, bar=bar, backend=self.backend)
+                broken = annealed_langevin(step, x, self.sigmas, self.step_sizes, self.n_steps_each, seed,
+                                           reference=reference, mask=mask, callback=callback, bar=bar,
+                                           backend=self.backend)
                 if self.denoise:
                     # NCSNv2's last step: the posterior mean (Tweedie) at sigma_L, no noise.
                     labels = torch.full((x.shape[0],), len(self.sigmas) - 1, dtype=torch.long, device=x.device)
@@ -266,6 +277,13 @@ class AnnealedLangevin:
             bar.close()
             if training is not None:
                 training.train()
+        index = int(broken.item())
+        self.first_nonfinite = divmod(index, self.n_steps_each) if index >= 0 else None
+        if self.first_nonfinite is not None:
+            level, t = self.first_nonfinite
+            warnings.warn(f"samples became non-finite at noise level {level} (sigma {self.sigmas[level]:.4g}), "
+                          f"Langevin step {t} of {self.n_steps_each}: try a smaller step_lr", RuntimeWarning,
+                          stacklevel=3)
         if self.clamp is not None:
             x.clamp_(*self.clamp)
         return x

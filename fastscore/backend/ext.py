@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -143,6 +144,22 @@ def _cached_build_current(build_dir: Path, info: dict[str, str], sources: list[s
     return dry.returncode == 0 and "no work to do" in dry.stdout
 
 
+def _announce_build_lock(lock: Path, stale_after: float) -> None:
+    """torch's compile waits, silently and without limit, while another process's lock file exists:
+    say so, and remove a lock older than any build takes (left by a compile that was killed)."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > stale_after:
+        print(f"fastscore: removing {lock}, left {age / 60:.0f} minutes ago by a compile that did not finish",
+              file=sys.stderr)
+        lock.unlink(missing_ok=True)
+    else:
+        print(f"fastscore: waiting for another process compiling fastscore._C ({lock}; if no other fastscore "
+              "process is running, delete that file)", file=sys.stderr)
+
+
 def _jit_build(reason: str) -> ModuleType:
     """Compile the sources now (or reuse the cache) against this torch and import the result."""
     import logging
@@ -169,6 +186,7 @@ def _jit_build(reason: str) -> ModuleType:
     if not _cached_build_current(build_dir, info, sources, cflags):
         print(f"fastscore: {reason}; compiling fastscore._C for torch {torch.__version__} "
               f"({'CPU+CUDA' if with_cuda else 'CPU'}) into {build_dir} (first use only)", file=sys.stderr)
+    _announce_build_lock(build_dir / "lock", stale_after=(1800.0 if with_cuda else 600.0))
     includes = [str(build_dir / "gen"), str(src)] + (_build.extra_cuda_include_dirs() if with_cuda else [])
     module: ModuleType = cpp_extension.load(
         name=JIT_NAME,

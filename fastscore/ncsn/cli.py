@@ -6,7 +6,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+
+
+def _number(kind: type, minimum: float, inclusive: bool, what: str):
+    """An argparse type: `kind` values >= (or >) minimum, with a one-line error otherwise."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (value == value) or value < minimum or (value == minimum and not inclusive) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    parse.__name__ = what  # what argparse names in its messages
+    return parse
+
+
+positive_int = _number(int, 1, True, "a positive integer")
+count = _number(int, 0, True, "an integer >= 0")
+positive_float = _number(float, 0.0, False, "a number > 0")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -76,10 +96,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = _load_run_config(args)
         image_folder = args.image_folder
+        if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+            print(f"fastscore: --workdir {args.workdir} is a file, not a directory; choose another --workdir",
+                  file=sys.stderr)
+            return 2
         if os.path.exists(os.path.join(args.workdir, training.CHECKPOINT_NAME)):
             print(f"fastscore: {args.workdir} already holds a checkpoint; pass --resume to continue it "
                   "or choose another --workdir", file=sys.stderr)
             return 2
+    with training.run_lock(args.workdir):  # refused here, before data and model are built, if a run holds it
+        pass
     trainer = training.build_trainer(
         config, args.workdir, image_folder=image_folder, sample_every=args.sample_every,
         sample_count=args.sample_count, progress=not args.quiet,
@@ -88,9 +114,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.resume(args.workdir)
         print(f"resuming {args.workdir} at step {trainer.step}")
     result = trainer.train()
+    if result.stopped == "diverged":
+        print(f"fastscore: {result.message}", file=sys.stderr)
+        return 1
     print(f"{result.stopped} at step {result.step} after {result.seconds:.1f} s, loss {result.last_loss:.4g}; "
           f"checkpoint {os.path.join(args.workdir, training.CHECKPOINT_NAME)}")
-    return 130 if result.stopped == "interrupted" else 0
+    return 128 + result.signal if result.signal else 0  # as a shell reports a run ended by a signal
 
 
 def _sampler_for(args: argparse.Namespace):
@@ -162,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastscore",
         description="Train and sample NCSN score models with fused kernels.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of its one-line message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     p = sub.add_parser("info", help="versions, devices and which backends work where")
@@ -174,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="toy.png", help="PNG to write with the three scatter panels (default: toy.png)")
     p.add_argument("--seed", type=int, default=0, help="seed for the data, the start and the noise (default: 0)")
-    p.add_argument("--n-samples", type=int, default=1000, help="samples per method (default: 1000)")
+    p.add_argument("--n-samples", type=positive_int, default=1000, help="samples per method (default: 1000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_toy)
     p = sub.add_parser(
@@ -191,25 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its checkpoint")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a config key, e.g. --set model.ngf=32 (repeatable)")
-    p.add_argument("--n-iters", type=int, help="train until this step (training.n_iters)")
-    p.add_argument("--batch-size", type=int, help="training.batch_size")
+    p.add_argument("--n-iters", type=positive_int, help="train until this step (training.n_iters)")
+    p.add_argument("--batch-size", type=positive_int, help="training.batch_size")
     p.add_argument("--data-root", help="local directory holding the dataset in torchvision's layout (data.root)")
     p.add_argument("--image-folder", help="train on a folder of images (one sub-folder per class)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (fastscore.device)")
     p.add_argument("--backend", choices=("auto", "torch", "triton", "ext"), help="op backend (fastscore.backend)")
     p.add_argument("--seed", type=int, help="run seed: weights, data order, labels, noise (fastscore.seed)")
-    p.add_argument("--time-limit", type=float, help="stop (and checkpoint) after this many seconds")
-    p.add_argument("--sample-every", type=int, default=0,
+    p.add_argument("--time-limit", type=positive_float, help="stop (and checkpoint) after this many seconds")
+    p.add_argument("--sample-every", type=count, default=0,
                    help="write a sample grid every N steps (default: only at the end)")
-    p.add_argument("--sample-count", type=int, default=36, help="images per sample grid; 0 for none (default: 36)")
+    p.add_argument("--sample-count", type=count, default=36, help="images per sample grid; 0 for none (default: 36)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
     def sampling_args(p):
         p.add_argument("checkpoint", help="a checkpoint file or a run directory (holding checkpoint.pt)")
         p.add_argument("--seed", type=int, default=0, help="seed of the start and the noise stream (default: 0)")
-        p.add_argument("--steps-each", type=int, help="Langevin steps per noise level (default: the config's)")
-        p.add_argument("--step-lr", type=float, help="step size at the smallest sigma (default: the config's)")
+        p.add_argument("--steps-each", type=positive_int, help="Langevin steps per noise level (default: the config's)")
+        p.add_argument("--step-lr", type=positive_float, help="step size at the smallest sigma (default: the config's)")
         p.add_argument("--denoise", action="store_true", help="finish with NCSNv2's noise-free denoising step")
         p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
         p.add_argument("--device", default=None, help="auto (default), cpu, cuda ...")
@@ -221,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "and draw samples by annealed Langevin dynamics (ncsn's schedule, the config's sampling "
                        "section unless overridden); write them as one PNG grid.")
     sampling_args(p)
-    p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-    p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: square)")
+    p.add_argument("--n", type=positive_int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--nrow", type=positive_int, default=None, help="images per grid row (default: square)")
     p.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
     p.set_defaults(func=cmd_sample)
 
@@ -232,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "known half is re-noised to each level). Writes a grid: row 1 the inputs (hidden half "
                        "grey), then --per-image completions, then the originals.")
     sampling_args(p)
-    p.add_argument("--n", type=int, default=10, help="number of images (default: 10, one per class when possible)")
-    p.add_argument("--per-image", type=int, default=3, help="completions per image (default: 3)")
+    p.add_argument("--n", type=positive_int, default=10,
+                   help="number of images (default: 10, one per class when possible)")
+    p.add_argument("--per-image", type=positive_int, default=3, help="completions per image (default: 3)")
     p.add_argument("--keep", choices=("top", "bottom", "left", "right"), default="top",
                    help="which half is kept (default: top; the bottom half is filled in)")
     p.add_argument("--out", default="inpaint.png", help="PNG to write (default: inpaint.png)")
@@ -246,28 +278,57 @@ def build_parser() -> argparse.ArgumentParser:
         "small digit classifier trained on the same split (mean confidence, classes covered), beside the same "
         "figures for held-out real digits. Writes PNGs, report.md and report.json to --out.")
     p.add_argument("--out", default="fastscore-demo", help="output directory (default: fastscore-demo)")
-    p.add_argument("--minutes", type=float, default=7.0, help="wall-time budget for the whole demo (default: 7)")
+    p.add_argument("--minutes", type=positive_float, default=7.0,
+                   help="wall-time budget for the whole demo (default: 7)")
     p.add_argument("--seed", type=int, default=0, help="seed of the whole run (default: 0)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda ...")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tiny network, few steps)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+    for command in sub.choices.values():  # --debug after the command too (SUPPRESS: absent, the top level's holds)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of an error the user can fix, on one line (a DataLoader worker's re-raised error
+    carries the worker's traceback: its last line is the message)."""
+    text = str(exc).strip()
+    if "Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature
+    return f"fastscore: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        import warnings
+
+        warnings.formatwarning = _warning_line  # a warning is one line, as the errors are
     from fastscore.backend.dispatch import BackendUnavailable
     from fastscore.ncsn.config import ConfigError
     from fastscore.ncsn.data import DataUnavailable
-    from fastscore.ncsn.training import DeviceUnavailable
+    from fastscore.ncsn.training import CheckpointError, DeviceUnavailable, RunLocked
 
+    fixable = (ConfigError, DataUnavailable, BackendUnavailable, DeviceUnavailable, CheckpointError, RunLocked,
+               FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
     try:
         return args.func(args)
-    except (ConfigError, DataUnavailable, BackendUnavailable, DeviceUnavailable, FileNotFoundError) as exc:
-        # What the user can fix (a path, a dataset, a device, a config key): one line, not a traceback.
-        print(f"fastscore: {exc}", file=sys.stderr)
+    except fixable as exc:
+        # What the user can fix (a path, a file, a dataset, a device, a config key): one line, exit code 2.
+        if args.debug:
+            raise
+        print(f"fastscore: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one stops training cleanly)
+        if args.debug:
+            raise
+        print("fastscore: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,11 +97,26 @@ def _torchvision():
 
 
 def _missing(name: str, root: str, expected: str, exc: Exception | None = None) -> DataUnavailable:
-    detail = f" ({exc})" if exc else ""
+    # torchvision's own advice ("You can use download=True ...") contradicts fastscore's rule: cut it.
+    reason = " ".join(part for part in str(exc or "").split(". ") if "download" not in part).strip(" .")
+    detail = f" ({reason})" if reason else ""
+    where = "cannot be read from" if os.path.isdir(root) else "was not found under"
     return DataUnavailable(
-        f"{name} was not found under {root!r}: expected {expected}. fastscore never downloads data; "
+        f"{name} {where} {root!r}: expected {expected}. fastscore never downloads data; "
         f"put the files there (torchvision's layout) or pass --data-root, or use the bundled "
         f"dataset '{BUNDLED}'{detail}")
+
+
+def read_image(path: str) -> Any:
+    """An image folder's loader: the image as RGB, or DataUnavailable naming the file that is not one."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f, Image.open(f) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataUnavailable(f"{path} is not a readable image ({type(exc).__name__}: {exc}); remove it from "
+                              "the image folder or replace it") from None
 
 
 def torchvision_dataset(name: str, root: str, image_size: int, split: str = "train"):
@@ -130,7 +146,7 @@ def torchvision_dataset(name: str, root: str, image_size: int, split: str = "tra
             return tv.datasets.CelebA(root, split="train" if train else "test", transform=tf,
                                       download=False)
         tf = T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor()])
-        return tv.datasets.ImageFolder(root, transform=tf)
+        return tv.datasets.ImageFolder(root, transform=tf, loader=read_image)
     except (RuntimeError, FileNotFoundError, OSError) as exc:
         expected = {
             "mnist": "MNIST/raw/*-ubyte files",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 
 import torch
@@ -162,6 +163,10 @@ def _run(out: str, minutes: float, seed: int, quiet: bool, tiny: bool, device: s
         bar.close()
     result.losses = losses
     train_seconds = time.perf_counter() - t_train
+    if result.stopped in ("diverged", "interrupted"):
+        print(f"fastscore demo: training {result.stopped}" + (f": {result.message}" if result.message else "")
+              + "; no samples drawn", file=sys.stderr)
+        return 1 if result.stopped == "diverged" else 128 + (result.signal or 2)
     _log(f"trained {result.step} steps in {train_seconds:.0f} s ({result.stopped}), last loss "
          f"{result.last_loss:.4g}", quiet)
 

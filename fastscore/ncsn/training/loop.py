@@ -22,13 +22,15 @@ current step and saves; a second press aborts at once, leaving the last checkpoi
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -38,6 +40,7 @@ from ...ops import dsm_loss, perturb
 from ..data import BatchStream, Preprocess
 from .checkpoint import CHECKPOINT_NAME, FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
 from .ema import EMA
+from .lock import run_lock
 from .logger import Logger
 
 
@@ -85,28 +88,52 @@ def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'Adam', 'RMSProp' or 'SGD', got {s.optimizer!r}")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers send before a kill
+
+
 @contextlib.contextmanager
-def _graceful_sigint(enabled: bool = True):
-    """First Ctrl-C sets a flag (the loop saves and stops after the current step); a second one
-    raises KeyboardInterrupt at once. Only the main thread can install signal handlers."""
-    state = {"stop": False}
+def _graceful_stop(enabled: bool = True) -> Iterator[dict[str, Any]]:
+    """The first SIGINT or SIGTERM sets a flag (the loop saves and stops after the current step); a
+    second one raises KeyboardInterrupt at once. Only the main thread can install signal handlers."""
+    state: dict[str, Any] = {"stop": False, "signal": None}
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield state
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: object) -> None:
         if state["stop"]:
             raise KeyboardInterrupt
-        state["stop"] = True
-        print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort)",
+        state["stop"], state["signal"] = True, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: finishing this step and saving a checkpoint (again to stop at once)",
               file=sys.stderr, flush=True)
 
-    signal.signal(signal.SIGINT, handler)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
     try:
         yield state
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class NonFiniteWatch:
+    """Remembers, on the device, the first step whose loss was not finite and the noise level of the
+    first such sample: a few elementwise kernels per step and no host sync; read when the loop syncs
+    anyway (at logging and before a save)."""
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((2,), -1, dtype=torch.int64, device=device)  # (step, level)
+
+    def update(self, step: int, per_sample: torch.Tensor, labels: torch.Tensor) -> None:
+        bad = ~torch.isfinite(per_sample.detach())
+        where = torch.stack([torch.full_like(labels[0], step), labels[bad.to(torch.uint8).argmax()]])
+        self.first.copy_(torch.where(bad.any() & (self.first[0] < 0), where, self.first))
+
+    def found(self) -> tuple[int, int] | None:
+        step, level = self.first.tolist()
+        return None if step < 0 else (step, level)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -130,10 +157,12 @@ def eta_warning(seconds_per_step: float, remaining_steps: int, time_left: float,
 @dataclass
 class TrainResult:
     step: int
-    stopped: str           # "done", "time_limit", "interrupted"
+    stopped: str           # "done", "time_limit", "interrupted", "diverged"
     seconds: float
     last_loss: float
     losses: list = field(default_factory=list)  # (step, mean loss over the log interval)
+    signal: int | None = None   # the signal that interrupted the run
+    message: str | None = None  # why a diverged run stopped, and what to do
 
 
 class Trainer:
@@ -178,6 +207,7 @@ class Trainer:
                                             device=self.device).item())
         self.noise_offset = 0
         self.step = 0
+        self.watch = NonFiniteWatch(self.device)
 
     # ---- one step
     def loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,10 +219,11 @@ class Trainer:
         x_noisy = perturb(x, sigma, seed, offset, backend=self.settings.backend)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.bf16):
             scores = self.forward(x_noisy, labels)
-        loss = dsm_loss(scores.float(), sigma, seed, offset, self.settings.anneal_power,
-                        backend=self.settings.backend)
+        per_sample = dsm_loss(scores.float(), sigma, seed, offset, self.settings.anneal_power, reduction="none",
+                              backend=self.settings.backend)
+        self.watch.update(self.step + 1, per_sample, labels)
         self.noise_offset += x.numel()
-        return loss
+        return per_sample.mean()
 
     def train_step(self, batch: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(batch.to(self.device, torch.float32, non_blocking=True), self.generator)
@@ -249,6 +280,24 @@ class Trainer:
             raise ValueError("the data order (batch size or seed) differs from the checkpoint's; "
                              "resume with the run's own settings")
 
+    def weights_finite(self) -> bool:
+        """Whether every weight (and EMA weight) is finite: one host sync."""
+        tensors = list(self.model.parameters()) + (list(self.ema.shadow.values()) if self.ema is not None else [])
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+    def divergence(self) -> str | None:
+        """None while the run is healthy, else one line saying where it diverged and what to do."""
+        found = self.watch.found()
+        if found is None and self.weights_finite():
+            return None
+        where = (f"the loss became non-finite at step {found[0]} (noise level {found[1]}, sigma "
+                 f"{self.sigmas[found[1]].item():.4g})") if found else f"the weights are non-finite at step {self.step}"
+        kept = (f"the last checkpoint in {self.workdir} is from before it and was kept" if self.workdir
+                else "nothing was saved")
+        lr = self.optimizer.param_groups[0]["lr"]
+        return (f"{where}; {kept}. Resume with a lower learning rate, e.g. fastscore train --workdir "
+                f"{self.workdir or 'WORKDIR'} --resume --set optim.lr={lr / 4:g}")
+
     def save(self, path: str | None = None) -> str | None:
         if path is None:
             if self.workdir is None:
@@ -268,10 +317,12 @@ class Trainer:
         """Train until step n_iters (default settings.n_iters), a time limit, or Ctrl-C; checkpoint.
 
         bar: a progress bar owned by the caller (one bar over several calls); default: one of its own."""
+        with run_lock(self.workdir) if self.workdir else contextlib.nullcontext():
+            return self._train(n_iters, bar)
+
+    def _train(self, n_iters: int | None, bar: tqdm | None) -> TrainResult:
         s = self.settings
         n_iters = s.n_iters if n_iters is None else n_iters
-        if self.workdir:
-            os.makedirs(self.workdir, exist_ok=True)
         logger = Logger(self.workdir) if self.workdir else None
         start_step, t0 = self.step, time.perf_counter()
         batches = self.stream.batches(self.step)
@@ -282,10 +333,10 @@ class Trainer:
         if own_bar:
             bar = tqdm(total=n_iters, initial=self.step, desc="train", unit="it", disable=not self.progress,
                        dynamic_ncols=True)
-        warned = False
+        warned, diverged = False, None
         self.model.train()
         try:
-            with _graceful_sigint() as sigint:
+            with _graceful_stop() as interrupt:
                 while self.step < n_iters:
                     x, _ = next(batches)
                     window_loss += self.train_step(x)
@@ -295,6 +346,10 @@ class Trainer:
                     now = time.perf_counter()
                     if self.step % s.log_every == 0 or self.step == n_iters:
                         last = float(window_loss) / window_steps  # one sync per interval
+                        if not math.isfinite(last):
+                            diverged = self.divergence()
+                            if diverged:
+                                break
                         rate = window_steps / max(now - window_t, 1e-9)
                         losses.append((self.step, last))
                         bar.set_postfix(loss=f"{last:.4g}", refresh=False)
@@ -310,11 +365,14 @@ class Trainer:
                         if message:
                             tqdm.write(message, file=sys.stderr)
                     if s.checkpoint_every and self.step % s.checkpoint_every == 0:
+                        diverged = self.divergence()
+                        if diverged:
+                            break
                         self.save()
                     if self.sample_fn and s.sample_every and self.step % s.sample_every == 0 \
                             and self.step < n_iters:
                         self.sample_fn(self.sampling_model(), self.step)
-                    if sigint["stop"]:
+                    if interrupt["stop"]:
                         stopped = "interrupted"
                         break
                     if s.time_limit and now - t0 >= s.time_limit:
@@ -323,12 +381,20 @@ class Trainer:
         finally:
             if own_bar:
                 bar.close()
-        if window_steps:
+            if logger:
+                logger.close()
+        seconds = time.perf_counter() - t0
+        if window_steps and not diverged:
             last = float(window_loss) / window_steps
             losses.append((self.step, last))
+        diverged = diverged or self.divergence()
+        if diverged:  # the checkpoint on disk predates the divergence: keep it
+            return TrainResult(self.step, "diverged", seconds, last, losses, message=diverged)
         self.save()
-        if logger:
-            logger.close()
         if self.sample_fn and self.step > start_step:
-            self.sample_fn(self.sampling_model(), self.step)
-        return TrainResult(self.step, stopped, time.perf_counter() - t0, last, losses)
+            if stopped == "interrupted":
+                print("interrupted: no end-of-run sample grid (`fastscore sample` draws one from the checkpoint)",
+                      file=sys.stderr, flush=True)
+            else:
+                self.sample_fn(self.sampling_model(), self.step)
+        return TrainResult(self.step, stopped, seconds, last, losses, signal=interrupt["signal"])
