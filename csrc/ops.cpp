@@ -31,12 +31,16 @@ TORCH_LIBRARY(fastscore_ext, m) {
   // shapes (the caller sums over N for (C,) parameters). Without beta, dbeta is an empty tensor.
   m.def("norm_backward(Tensor grad_y, Tensor x, Tensor gamma, Tensor alpha, Tensor? beta,"
         " Tensor mean, Tensor rstd, float eps, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("perturb(Tensor x, Tensor sigma, int seed, int offset) -> Tensor");
-  // Per-sample losses (N,), float32 (float64 for float64 scores); the reduction is done by the caller.
-  m.def("dsm_per_sample(Tensor scores, Tensor sigma, int seed, int offset, float anneal_power) -> Tensor");
-  // d scores for a gradient (N,) of the per-sample losses.
-  m.def("dsm_backward(Tensor grad, Tensor scores, Tensor sigma, int seed, int offset, float anneal_power)"
+  // seed_t / offset_t, one-element int64 tensors on x's device, replace seed / offset when given: the
+  // CUDA kernels read them on the device (a captured CUDA graph can advance them), never the host.
+  m.def("perturb(Tensor x, Tensor sigma, int seed, int offset, Tensor? seed_t=None, Tensor? offset_t=None)"
         " -> Tensor");
+  // Per-sample losses (N,), float32 (float64 for float64 scores); the reduction is done by the caller.
+  m.def("dsm_per_sample(Tensor scores, Tensor sigma, int seed, int offset, float anneal_power,"
+        " Tensor? seed_t=None, Tensor? offset_t=None) -> Tensor");
+  // d scores for a gradient (N,) of the per-sample losses.
+  m.def("dsm_backward(Tensor grad, Tensor scores, Tensor sigma, int seed, int offset, float anneal_power,"
+        " Tensor? seed_t=None, Tensor? offset_t=None) -> Tensor");
   // noise_scale < 0 means sqrt(2 step_size). The optional one-element tensors (on x's device) override
   // the numbers and are read by the kernel, never by the host: a captured CUDA graph can change them.
   m.def("langevin_step_(Tensor(a!) x, Tensor score, float step_size, int seed, int offset, float noise_scale,"
@@ -153,6 +157,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cpu(
 
 // ---- noise ops --------------------------------------------------------------------------------------
 
+// seed and offset, replaced by the values of seed_t / offset_t when given (on the CPU reading a
+// tensor is no device synchronisation), then checked.
+void read_stream_position(const char* op, const c10::optional<at::Tensor>& seed_t,
+                          const c10::optional<at::Tensor>& offset_t, const at::Tensor& x, int64_t& seed,
+                          int64_t& offset) {
+  check_scalar_tensor(op, "seed", seed_t, x, true);
+  check_scalar_tensor(op, "offset", offset_t, x, true);
+  if (seed_t.has_value() && seed_t->defined()) seed = seed_t->item<int64_t>();
+  if (offset_t.has_value() && offset_t->defined()) offset = offset_t->item<int64_t>();
+  check_seed_offset(op, seed, offset, x.numel());
+}
+
 void normal_cpu(at::Tensor out, int64_t seed, int64_t offset) {
   constexpr const char* op = "fastscore_ext::normal_";
   check_float_tensor(op, "out", out);
@@ -165,11 +181,12 @@ void normal_cpu(at::Tensor out, int64_t seed, int64_t offset) {
   if (!dense.is_same(out)) out.copy_(dense);
 }
 
-at::Tensor perturb_cpu(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset) {
+at::Tensor perturb_cpu(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
+                       const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t) {
   constexpr const char* op = "fastscore_ext::perturb";
   check_float_tensor(op, "x", x_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, x_in, "x");
-  check_seed_offset(op, seed, offset, x_in.numel());
+  read_stream_position(op, seed_t, offset_t, x_in, seed, offset);
   const at::Tensor x = x_in.contiguous();  // the noise follows the logical order: walk it densely
   at::Tensor out = empty_like(x);
   const int64_t d = x.numel() / x.size(0);
@@ -181,11 +198,12 @@ at::Tensor perturb_cpu(const at::Tensor& x_in, const at::Tensor& sigma_in, int64
 }
 
 at::Tensor dsm_per_sample_cpu(const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
-                        double power) {
+                              double power, const c10::optional<at::Tensor>& seed_t,
+                              const c10::optional<at::Tensor>& offset_t) {
   constexpr const char* op = "fastscore_ext::dsm_per_sample";
   check_float_tensor(op, "scores", scores_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
-  check_seed_offset(op, seed, offset, scores_in.numel());
+  read_stream_position(op, seed_t, offset_t, scores_in, seed, offset);
   check_finite(op, "anneal_power", std::abs(power), false);
   const at::Tensor scores = scores_in.contiguous();
   const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
@@ -199,7 +217,8 @@ at::Tensor dsm_per_sample_cpu(const at::Tensor& scores_in, const at::Tensor& sig
 }
 
 at::Tensor dsm_backward_cpu(const at::Tensor& grad_in, const at::Tensor& scores_in, const at::Tensor& sigma_in,
-                                 int64_t seed, int64_t offset, double power) {
+                            int64_t seed, int64_t offset, double power, const c10::optional<at::Tensor>& seed_t,
+                            const c10::optional<at::Tensor>& offset_t) {
   constexpr const char* op = "fastscore_ext::dsm_backward";
   check_float_tensor(op, "scores", scores_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
@@ -207,7 +226,7 @@ at::Tensor dsm_backward_cpu(const at::Tensor& grad_in, const at::Tensor& scores_
   TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == scores_in.size(0), op, ": grad must have shape (N,) = (",
               scores_in.size(0), ",), got ", grad_in.sizes());
   check_same_device(op, "grad", grad_in, "scores", scores_in);
-  check_seed_offset(op, seed, offset, scores_in.numel());
+  read_stream_position(op, seed_t, offset_t, scores_in, seed, offset);
   const at::Tensor scores = scores_in.contiguous();
   const at::Tensor grad = grad_in.to(acc_dtype(scores.scalar_type())).contiguous();
   at::Tensor dscores = empty_like(scores);

@@ -70,17 +70,17 @@ def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta:
     return instance_norm.norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation)
 
 
-def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int) -> Tensor:
+def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tensor:
     from . import perturbation
     return perturbation.perturb(x, sigma, seed, offset)
 
 
-def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float) -> Tensor:
+def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float) -> Tensor:
     from . import score_matching
     return score_matching.dsm_per_sample(scores, sigma, seed, offset, anneal_power)
 
 
-def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                  anneal_power: float) -> Tensor:
     from . import score_matching
     return score_matching.dsm_backward(grad, scores, sigma, seed, offset, anneal_power)

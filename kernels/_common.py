@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from fastscore.backend.protocol import is_channels_last
+from fastscore.backend.protocol import Position, is_channels_last
 
 MASK32 = 0xFFFFFFFF
 MAX_GRID_Y = 65535  # CUDA's limit on grid dimension 1; kernels loop over samples beyond it
@@ -26,6 +26,22 @@ def split64(value: int) -> tuple[int, int]:
 def stream_args(seed: int, offset: int) -> tuple[int, int, int, int]:
     """Kernel arguments (seed_lo, seed_hi, offset_lo, offset_hi) of a noise-stream position."""
     return split64(int(seed)) + split64(int(offset))
+
+
+def stream_position(seed: Position, offset: Position, device: torch.device
+                    ) -> tuple[torch.Tensor | None, tuple[int, int, int, int]]:
+    """(stream, args) for a kernel taking noise.stream_position's arguments: for int seed and offset,
+    stream None and their halves as args; when either is a one-element tensor, stream is the int64
+    pair [seed, offset] on the device (built there: no read-back, capturable) and args are zeros."""
+    if not isinstance(seed, torch.Tensor) and not isinstance(offset, torch.Tensor):
+        return None, stream_args(seed, offset)
+
+    def one(value: Position) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value.reshape(1).to(device=device, dtype=torch.int64)
+        return torch.full((1,), value, dtype=torch.int64, device=device)
+
+    return torch.cat([one(seed), one(offset)]), (0, 0, 0, 0)
 
 
 def layout(t: torch.Tensor) -> str | None:

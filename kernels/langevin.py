@@ -17,7 +17,7 @@ import triton.language as tl
 from fastscore.backend.protocol import Number, Position, Tensor
 
 from . import _common
-from .noise import STREAM_ARGS, join64, launch_geometry, sample_chunk_normals
+from .noise import STREAM_ARGS, launch_geometry, sample_chunk_normals, stream_position
 
 
 @triton.jit(do_not_specialize=STREAM_ARGS)
@@ -28,12 +28,7 @@ def _langevin_kernel(x_ptr, score_ptr, coeff_ptr, stream_ptr, step, scale, N, D,
     if ARGS_IN_MEMORY:
         step = tl.load(coeff_ptr).to(tl.float32)
         scale = tl.load(coeff_ptr + 1).to(tl.float32)
-        seed = tl.load(stream_ptr)
-        seed_lo = (seed & 0xFFFFFFFF).to(tl.uint32).to(tl.int32, bitcast=True)
-        seed_hi = (seed >> 32).to(tl.int32)
-        offset = tl.load(stream_ptr + 1)
-    else:
-        offset = join64(off_lo, off_hi)
+    seed_lo, seed_hi, offset = stream_position(stream_ptr, seed_lo, seed_hi, off_lo, off_hi, ARGS_IN_MEMORY)
     chunk = tl.program_id(0)
     # Contiguous x is passed as one sample of N * D elements (the update has nothing per sample), so
     # blocks are full whatever the sample size; channels_last x is walked per sample.

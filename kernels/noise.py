@@ -42,6 +42,20 @@ def join64(lo, hi):
 
 
 @triton.jit
+def stream_position(stream_ptr, seed_lo, seed_hi, off_lo, off_hi, IN_MEMORY: tl.constexpr):
+    """(seed_lo, seed_hi, offset): from the kernel arguments, or, IN_MEMORY (the CUDA-graph form), from
+    the int64 pair [seed, offset] at stream_ptr, read on the device."""
+    if IN_MEMORY:
+        seed = tl.load(stream_ptr)
+        seed_lo = (seed & 0xFFFFFFFF).to(tl.uint32).to(tl.int32, bitcast=True)
+        seed_hi = (seed >> 32).to(tl.int32)
+        offset = tl.load(stream_ptr + 1)
+    else:
+        offset = join64(off_lo, off_hi)
+    return seed_lo, seed_hi, offset
+
+
+@triton.jit
 def philox4x32_10(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 (Random123) on uint32 tensors c0..c3 with uint32 key words k0, k1."""
     for r in tl.static_range(10):

@@ -9,17 +9,17 @@ import torch
 import triton
 import triton.language as tl
 
-from fastscore.backend.protocol import Tensor
+from fastscore.backend.protocol import Position, Tensor
 
 from . import _common
-from .noise import STREAM_ARGS, join64, launch_geometry, sample_chunk_normals
+from .noise import STREAM_ARGS, launch_geometry, sample_chunk_normals, stream_position
 
 
 @triton.jit(do_not_specialize=STREAM_ARGS)
-def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
-                    FLAT: tl.constexpr, INDEX_32: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                    GROUPS: tl.constexpr, BLOCK_C: tl.constexpr):
-    offset = join64(off_lo, off_hi)
+def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, stream_ptr, N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
+                    POSITION_IN_MEMORY: tl.constexpr, FLAT: tl.constexpr, INDEX_32: tl.constexpr,
+                    CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr, BLOCK_C: tl.constexpr):
+    seed_lo, seed_hi, offset = stream_position(stream_ptr, seed_lo, seed_hi, off_lo, off_hi, POSITION_IN_MEMORY)
     chunk = tl.program_id(0)
     if FLAT:
         # Contiguous x: programs tile the whole tensor's Philox groups regardless of sample bounds
@@ -41,13 +41,15 @@ def _perturb_kernel(x_ptr, sigma_ptr, out_ptr, N, D, C, HW, seed_lo, seed_hi, of
             n += tl.num_programs(1)
 
 
-def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int) -> Tensor:
+def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tensor:
     """x + sigma[n] z in x's layout: the backend primitive (fastscore/backend/protocol.py)."""
     sigma = sigma.contiguous()
+    stream, stream_args = _common.stream_position(seed, offset, x.device)
     out = torch.empty_like(x)
     n, d, c, hw, channels_last = _common.sample_geometry(x)
     flat = not channels_last
     meta, grid = launch_geometry(1, n * d) if flat else launch_geometry(n, d, c, hw, channels_last)
-    _perturb_kernel[grid](x, sigma, out, n, d, c, hw, *_common.stream_args(seed, offset), FLAT=flat,
-                          INDEX_32=x.numel() < 2**31, CHANNELS_LAST=channels_last, **meta)
+    _perturb_kernel[grid](x, sigma, out, x if stream is None else stream, n, d, c, hw, *stream_args,
+                          POSITION_IN_MEMORY=stream is not None, FLAT=flat, INDEX_32=x.numel() < 2**31,
+                          CHANNELS_LAST=channels_last, **meta)
     return out

@@ -11,10 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fastscore.backend.protocol import Tensor, acc_dtype
+from fastscore.backend.protocol import Position, Tensor, acc_dtype
 
 from . import _common
-from .noise import STREAM_ARGS, join64, launch_geometry, sample_chunk_normals
+from .noise import STREAM_ARGS, launch_geometry, sample_chunk_normals, stream_position
 
 FINAL_BLOCK_N = 64
 FINAL_BLOCK_K = 32
@@ -27,9 +27,10 @@ def _pow(base, exponent):
 
 
 @triton.jit(do_not_specialize=STREAM_ARGS)
-def _partial_kernel(scores_ptr, sigma_ptr, partial_ptr, N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
-                    CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr, BLOCK_C: tl.constexpr):
-    offset = join64(off_lo, off_hi)
+def _partial_kernel(scores_ptr, sigma_ptr, partial_ptr, stream_ptr, N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
+                    POSITION_IN_MEMORY: tl.constexpr, CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr,
+                    BLOCK_C: tl.constexpr):
+    seed_lo, seed_hi, offset = stream_position(stream_ptr, seed_lo, seed_hi, off_lo, off_hi, POSITION_IN_MEMORY)
     chunk = tl.program_id(0)
     chunks = tl.num_programs(0)
     n = tl.program_id(1)
@@ -64,10 +65,10 @@ def _finish_kernel(partial_ptr, sigma_ptr, out_ptr, N, chunks, power, BLOCK_N: t
 
 
 @triton.jit(do_not_specialize=STREAM_ARGS)
-def _backward_kernel(grad_ptr, scores_ptr, sigma_ptr, out_ptr, power,
-                     N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi,
+def _backward_kernel(grad_ptr, scores_ptr, sigma_ptr, out_ptr, stream_ptr, power,
+                     N, D, C, HW, seed_lo, seed_hi, off_lo, off_hi, POSITION_IN_MEMORY: tl.constexpr,
                      CHANNELS_LAST: tl.constexpr, GROUPS: tl.constexpr, BLOCK_C: tl.constexpr):
-    offset = join64(off_lo, off_hi)
+    seed_lo, seed_hi, offset = stream_position(stream_ptr, seed_lo, seed_hi, off_lo, off_hi, POSITION_IN_MEMORY)
     chunk = tl.program_id(0)
     n = tl.program_id(1)
     while n < N:
@@ -81,27 +82,29 @@ def _backward_kernel(grad_ptr, scores_ptr, sigma_ptr, out_ptr, power,
         n += tl.num_programs(1)
 
 
-def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float) -> Tensor:
+def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float) -> Tensor:
     """(N,) losses: the backend primitive (fastscore/backend/protocol.py)."""
     sigma = sigma.contiguous()
+    stream, stream_args = _common.stream_position(seed, offset, scores.device)
     n, d, c, hw, channels_last = _common.sample_geometry(scores)
     meta, grid = launch_geometry(n, d, c, hw, channels_last)
     partial = torch.empty((n, grid[0]), device=scores.device, dtype=torch.float32)
-    _partial_kernel[grid](scores, sigma, partial, n, d, c, hw, *_common.stream_args(seed, offset),
-                          CHANNELS_LAST=channels_last, **meta)
+    _partial_kernel[grid](scores, sigma, partial, scores if stream is None else stream, n, d, c, hw, *stream_args,
+                          POSITION_IN_MEMORY=stream is not None, CHANNELS_LAST=channels_last, **meta)
     out = torch.empty((n,), device=scores.device, dtype=acc_dtype(scores))
     _finish_kernel[(1,)](partial, sigma, out, n, grid[0], anneal_power, BLOCK_N=FINAL_BLOCK_N,
                          BLOCK_K=FINAL_BLOCK_K)
     return out
 
 
-def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                  anneal_power: float) -> Tensor:
     """d scores for per-sample loss gradients grad (N,): the backend primitive."""
     sigma, grad = sigma.contiguous(), grad.contiguous()
+    stream, stream_args = _common.stream_position(seed, offset, scores.device)
     out = torch.empty_like(scores)
     n, d, c, hw, channels_last = _common.sample_geometry(scores)
     meta, grid = launch_geometry(n, d, c, hw, channels_last)
-    _backward_kernel[grid](grad, scores, sigma, out, anneal_power, n, d, c, hw,
-                           *_common.stream_args(seed, offset), CHANNELS_LAST=channels_last, **meta)
+    _backward_kernel[grid](grad, scores, sigma, out, scores if stream is None else stream, anneal_power, n, d, c, hw,
+                           *stream_args, POSITION_IN_MEMORY=stream is not None, CHANNELS_LAST=channels_last, **meta)
     return out

@@ -174,6 +174,65 @@ def test_langevin_step_takes_stream_position_and_step_as_tensors(backend, device
     assert_close(x, want, torch.float32, "x")
 
 
+POSITIONS = [(5, 2**32 + 7), (2**40 + 3, 2**33 - 2), (0, 0), (2**62 + 1, 2**62)]
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("as_tensor", ["seed", "offset", "both"])
+def test_perturb_and_dsm_loss_take_stream_position_as_tensors(backend, device, as_tensor):
+    """The CUDA-graph form of perturb and dsm_loss: seed and offset as one-element int64 device tensors
+    give bitwise the numbers of the ints (forward and gradients), offsets above 2^32 included."""
+    t = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
+    for i, (seed, offset) in enumerate(POSITIONS):
+        shape = (3, 2, 5, 7) if i % 2 else (2, 37)
+        x = make(shape, torch.float32, device)
+        if i % 2:
+            x = x.contiguous(memory_format=torch.channels_last)
+        sigma = torch.rand(shape[0], device=device) + 0.1
+        seed_t = t(seed) if as_tensor in ("seed", "both") else seed
+        offset_t = t(offset) if as_tensor in ("offset", "both") else offset
+        want = fastscore.perturb(x, sigma, seed, offset, backend=backend)
+        got = fastscore.perturb(x, sigma, seed_t, offset_t, backend=backend)
+        assert torch.equal(got, want), f"perturb at {(seed, offset)}"
+        assert got.stride() == want.stride()
+        for reduction in ("none", "mean"):
+            scores = make(shape, torch.float32, device, scale=2.0).requires_grad_()
+            loss = fastscore.dsm_loss(scores, sigma, seed, offset, 1.5, reduction, backend=backend)
+            loss_t = fastscore.dsm_loss(scores, sigma, seed_t, offset_t, 1.5, reduction, backend=backend)
+            assert torch.equal(loss_t, loss), f"dsm_loss at {(seed, offset)}"
+            grad_out = torch.rand_like(loss) + 0.5
+            (g,) = torch.autograd.grad(loss, scores, grad_out)
+            (g_t,) = torch.autograd.grad(loss_t, scores, grad_out)
+            assert torch.equal(g_t, g), f"dscores at {(seed, offset)}"
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_dsm_loss_backward_uses_the_forwards_tensor_position(backend, device):
+    """Advancing the offset tensor in place after the loss (as a captured training step does) leaves
+    the gradient at the forward's noise."""
+    scores = make((2, 3, 4, 4), torch.float32, device).requires_grad_()
+    sigma = torch.rand(2, device=device) + 0.1
+    seed, offset = torch.tensor(9, device=device), torch.tensor(2**35 + 1, device=device)
+    (want,) = torch.autograd.grad(fastscore.dsm_loss(scores, sigma, 9, 2**35 + 1, backend=backend), scores)
+    loss = fastscore.dsm_loss(scores, sigma, seed, offset, backend=backend)
+    seed.add_(1)
+    offset.add_(scores.numel())
+    (got,) = torch.autograd.grad(loss, scores)
+    assert torch.equal(got, want)
+
+
+def test_tensor_stream_positions_are_checked_on_the_cpu():
+    x, sigma = make((2, 3), torch.float32, "cpu"), torch.ones(2)
+    with pytest.raises(ValueError, match="seed must be in"):
+        fastscore.perturb(x, sigma, torch.tensor(-1), 0)
+    with pytest.raises(ValueError, match="offset must be in"):
+        fastscore.dsm_loss(x, sigma, 0, torch.tensor(2**63 - 3))
+    with pytest.raises(TypeError, match="offset given as a tensor must be one int64 element"):
+        fastscore.perturb(x, sigma, 0, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="seed is on meta"):
+        fastscore.dsm_loss(x, sigma, torch.tensor(1, device="meta"), 0)
+
+
 # ---- the one contract: registration, gradients, what is differentiable ------------------------------
 
 def _norm_args(device, dtype=torch.float32, channels_last=False):
@@ -199,10 +258,14 @@ def test_every_op_passes_opcheck(backend, device):
                               (dy, x.detach(), gamma.detach(), alpha.detach(), beta.detach(), mean, rstd, 1e-5, 2,
                                backend))
         sigma = torch.rand(2, device=device) + 0.1
-        torch.library.opcheck(ops.perturb, (x.detach().clone().requires_grad_(), sigma, 11, 2**40 + 3, backend))
-        torch.library.opcheck(ops.dsm_loss_per_sample, (x.detach().clone().requires_grad_(), sigma, 7, 9, 2.0, backend))
-        torch.library.opcheck(ops.dsm_loss_backward, (torch.rand(2, device=device), x.detach(), sigma, 7, 9, 1.5,
-                                                      backend))
+        position = torch.tensor(2**40 + 3, device=device)
+        for seed_t, offset_t in ((None, None), (torch.tensor(7, device=device), position)):
+            torch.library.opcheck(ops.perturb, (x.detach().clone().requires_grad_(), sigma, 11, 2**40 + 3, seed_t,
+                                                offset_t, backend))
+            torch.library.opcheck(ops.dsm_loss_per_sample, (x.detach().clone().requires_grad_(), sigma, 7, 9, 2.0,
+                                                            seed_t, offset_t, backend))
+            torch.library.opcheck(ops.dsm_loss_backward, (torch.rand(2, device=device), x.detach(), sigma, 7, 9,
+                                                          1.5, seed_t, offset_t, backend))
         step = torch.tensor([1e-3], device=device)
         torch.library.opcheck(ops.langevin_step_, (x.detach().clone(), torch.randn_like(x), 1e-3, 4, 6, 0.05,
                                                    None, None, None, None, backend))

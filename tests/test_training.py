@@ -13,7 +13,7 @@ import fastscore
 from fastscore.ncsn import training
 from fastscore.ncsn.training import loop
 
-from helpers import make_trainer
+from helpers import backend_params, make_trainer, requires_cuda
 
 
 def test_loss_is_ncsns_anneal_dsm_on_the_noise_stream():
@@ -199,3 +199,70 @@ def test_sample_fn_gets_the_ema_weights(tmp_path):
     for k, p in t.model.named_parameters():
         assert torch.equal(final[k], t.ema.shadow[k])
         assert not torch.equal(final[k], p)  # the EMA lags the live weights
+
+
+# ---- no op reads a value back: a whole training step on meta, and on a GPU in sync-error mode -------
+
+def _training_step(model, optimizer, ema, x, sigmas, seed, offset, backend):
+    """One NCSN step as the trainer takes it: perturb, the network, dsm_loss, backward, Adam, EMA."""
+    labels = torch.randint(0, sigmas.shape[0], (x.shape[0],), device=x.device)
+    sigma = sigmas[labels]
+    noisy = fastscore.perturb(x, sigma, seed, offset, backend=backend)
+    loss = fastscore.dsm_loss(model(noisy, labels), sigma, seed, offset, backend=backend)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    ema.update(model)
+    return loss
+
+
+def _tiny_ncsn(device, backend, monkeypatch):
+    from fastscore.ncsn.models import CondRefineNetDilated
+
+    monkeypatch.setenv("FASTSCORE_BACKEND", backend)  # the network's norms take the backend under test
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = CondRefineNetDilated(channels=1, image_size=8, ngf=4, num_classes=3)
+        sigmas = torch.tensor([1.0, 0.5, 0.1])
+        x = torch.rand(2, 1, 8, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return model, optimizer, training.EMA(model, 0.9), x, sigmas
+
+
+@pytest.mark.parametrize("backend,device", backend_params(devices=["meta"]))
+@pytest.mark.parametrize("position", ["int", "tensor"])
+def test_training_step_runs_on_meta(backend, device, position, monkeypatch):
+    """The meta device has no values, so any read-back fails there: a whole training step running on it
+    proves that no op (and no value check) reads a tensor back to the host."""
+    model, optimizer, ema, x, sigmas = _tiny_ncsn(device, backend, monkeypatch)
+    seed, offset = (5, 2**33) if position == "int" else (torch.tensor(5, device=device),
+                                                         torch.tensor(2**33, device=device))
+    loss = _training_step(model, optimizer, ema, x, sigmas, seed, offset, backend)
+    assert loss.device.type == "meta" and loss.shape == ()
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters())
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend,device", backend_params(names=("triton", "ext"), devices=["cuda"]))
+@pytest.mark.parametrize("position", ["int", "tensor"])
+def test_training_step_never_synchronises_the_gpu(backend, device, position, monkeypatch):
+    """Whole training steps (perturb, network, dsm_loss, backward, Adam, EMA) under
+    torch.cuda.set_sync_debug_mode("error"), where any device-to-host read raises. The first step runs
+    outside it (kernel builds and library start-up); the offset advances on the device."""
+    model, optimizer, ema, x, sigmas = _tiny_ncsn(device, backend, monkeypatch)
+    seed = 5 if position == "int" else torch.tensor(5, device=device)
+    offset = 2**33 if position == "int" else torch.tensor(2**33, device=device)
+    _training_step(model, optimizer, ema, x, sigmas, seed, offset, backend)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            if isinstance(offset, torch.Tensor):
+                offset.add_(x.numel())
+            else:
+                offset += x.numel()
+            loss = _training_step(model, optimizer, ema, x, sigmas, seed, offset, backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert torch.isfinite(loss).item()

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+import fastscore
 from fastscore.backend import dispatch
 
 
@@ -48,16 +49,20 @@ def _compile_all() -> list[str]:
     flat_ones = ("N", "D", "C", "HW")
     for channels_last in (False, True):
         blocks = dict(GROUPS=16, BLOCK_C=32) if channels_last else dict(GROUPS=512, BLOCK_C=1)
+        # The stream position from memory (the tensor form) in one variant each, from arguments in the other.
         build(perturbation._perturb_kernel, dict(blocks, FLAT=not channels_last, INDEX_32=channels_last,
-                                                 CHANNELS_LAST=channels_last))
+                                                 CHANNELS_LAST=channels_last, POSITION_IN_MEMORY=channels_last))
         build(langevin._langevin_kernel, dict(blocks, ARGS_IN_MEMORY=channels_last, CHANNELS_LAST=channels_last))
-        build(score_matching._partial_kernel, dict(blocks, CHANNELS_LAST=channels_last))
-        build(score_matching._backward_kernel, dict(blocks, CHANNELS_LAST=channels_last))
-    build(perturbation._perturb_kernel, dict(FLAT=True, INDEX_32=True, CHANNELS_LAST=False, GROUPS=1, BLOCK_C=1),
-          ones=flat_ones)
-    build(perturbation._perturb_kernel, dict(FLAT=False, INDEX_32=True, CHANNELS_LAST=True, GROUPS=1, BLOCK_C=1),
-          ones=flat_ones)
-    build(score_matching._partial_kernel, dict(CHANNELS_LAST=True, GROUPS=128, BLOCK_C=4), ones=("C",))
+        build(score_matching._partial_kernel, dict(blocks, CHANNELS_LAST=channels_last,
+                                                   POSITION_IN_MEMORY=not channels_last))
+        build(score_matching._backward_kernel, dict(blocks, CHANNELS_LAST=channels_last,
+                                                    POSITION_IN_MEMORY=channels_last))
+    build(perturbation._perturb_kernel, dict(FLAT=True, INDEX_32=True, CHANNELS_LAST=False, GROUPS=1, BLOCK_C=1,
+                                             POSITION_IN_MEMORY=True), ones=flat_ones)
+    build(perturbation._perturb_kernel, dict(FLAT=False, INDEX_32=True, CHANNELS_LAST=True, GROUPS=1, BLOCK_C=1,
+                                             POSITION_IN_MEMORY=False), ones=flat_ones)
+    build(score_matching._partial_kernel, dict(CHANNELS_LAST=True, GROUPS=128, BLOCK_C=4, POSITION_IN_MEMORY=True),
+          ones=("C",))
     build(noise._randn_kernel, dict(GROUPS=512, BLOCK_C=1))
     build(score_matching._finish_kernel, dict(BLOCK_N=64, BLOCK_K=32), ones=("N", "chunks"))
     for act, blocks in ((1, (1, 4096)), (2, (32, 128))):
@@ -99,6 +104,9 @@ def _cuda_backend_reason() -> str | None:
 @pytest.mark.skipif(_cuda_backend_reason() is not None, reason=str(_cuda_backend_reason()))
 def test_every_kernel_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # The subprocess must import the fastscore under test (this checkout), not another one installed.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastscore.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
 

@@ -169,6 +169,26 @@ void launch_walk(int64_t total, int64_t seed, int64_t offset, const F& f, const 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// A noise-stream position as the kernels take it: numbers, or device pointers that replace them (the
+// CUDA-graph form, seed_t / offset_t: read by the kernel on the device, never by the host).
+struct StreamPosition {
+  int64_t seed, offset;
+  const int64_t* seed_ptr;
+  const int64_t* offset_ptr;
+};
+
+StreamPosition stream_position(const char* op, int64_t seed, int64_t offset, const c10::optional<at::Tensor>& seed_t,
+                               const c10::optional<at::Tensor>& offset_t, const at::Tensor& x) {
+  check_scalar_tensor(op, "seed", seed_t, x, true);
+  check_scalar_tensor(op, "offset", offset_t, x, true);
+  const bool has_seed = seed_t.has_value() && seed_t->defined();
+  const bool has_offset = offset_t.has_value() && offset_t->defined();
+  // Only the numbers are checked here; the public op asserts the tensors' values on the device.
+  check_seed_offset(op, has_seed ? 0 : seed, has_offset ? 0 : offset, has_offset ? 0 : x.numel());
+  return {seed, offset, has_seed ? seed_t->data_ptr<int64_t>() : nullptr,
+          has_offset ? offset_t->data_ptr<int64_t>() : nullptr};
+}
+
 void normal_cuda(at::Tensor out, int64_t seed, int64_t offset) {
   constexpr const char* op = "fastscore_ext::normal_";
   check_float_tensor(op, "out", out);
@@ -188,8 +208,8 @@ void normal_cuda(at::Tensor out, int64_t seed, int64_t offset) {
 }
 
 template <typename scalar_t>
-void launch_affine(const at::Tensor& x, at::Tensor& out, const at::Tensor* a, const at::Tensor& b, int64_t seed,
-                   int64_t offset) {
+void launch_affine(const at::Tensor& x, at::Tensor& out, const at::Tensor* a, const at::Tensor& b,
+                   const StreamPosition& pos) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* xp = x.data_ptr<scalar_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
@@ -197,22 +217,25 @@ void launch_affine(const at::Tensor& x, at::Tensor& out, const at::Tensor* a, co
   const acc_t* bp = b.data_ptr<acc_t>();
   const int64_t d = x.numel() / x.size(0);
   if (aligned16(xp) && aligned16(op)) {
-    launch_walk<scalar_t>(x.numel(), seed, offset, AffineNoiseF<scalar_t, true>{xp, op, ap, bp, d});
+    launch_walk<scalar_t>(x.numel(), pos.seed, pos.offset, AffineNoiseF<scalar_t, true>{xp, op, ap, bp, d},
+                          pos.seed_ptr, pos.offset_ptr);
   } else {
-    launch_walk<scalar_t>(x.numel(), seed, offset, AffineNoiseF<scalar_t, false>{xp, op, ap, bp, d});
+    launch_walk<scalar_t>(x.numel(), pos.seed, pos.offset, AffineNoiseF<scalar_t, false>{xp, op, ap, bp, d},
+                          pos.seed_ptr, pos.offset_ptr);
   }
 }
 
-at::Tensor perturb_cuda(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset) {
+at::Tensor perturb_cuda(const at::Tensor& x_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
+                        const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t) {
   constexpr const char* op = "fastscore_ext::perturb";
   check_float_tensor(op, "x", x_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, x_in, "x");
-  check_seed_offset(op, seed, offset, x_in.numel());
+  const StreamPosition pos = stream_position(op, seed, offset, seed_t, offset_t, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "perturb_cuda",
-                                  [&] { launch_affine<scalar_t>(x, out, nullptr, sigma, seed, offset); });
+                                  [&] { launch_affine<scalar_t>(x, out, nullptr, sigma, pos); });
   return out;
 }
 
@@ -220,10 +243,12 @@ constexpr int64_t kPiece = 16384;  // elements of one sample summed by one block
 
 template <typename scalar_t, bool kVec>
 __global__ void dsm_partial_kernel(const scalar_t* scores, const at::opmath_type<scalar_t>* sigma, int64_t d,
-                                   int64_t pieces, uint64_t seed, uint64_t offset,
-                                   at::opmath_type<scalar_t>* partial) {
+                                   int64_t pieces, uint64_t seed, uint64_t offset, const int64_t* seed_ptr,
+                                   const int64_t* offset_ptr, at::opmath_type<scalar_t>* partial) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = kVec ? Vec<scalar_t>::size : 4;
+  if (seed_ptr) seed = static_cast<uint64_t>(*seed_ptr);
+  if (offset_ptr) offset = static_cast<uint64_t>(*offset_ptr);
   const int64_t n = blockIdx.x / pieces, piece = blockIdx.x % pieces;
   const int64_t start = n * d + piece * kPiece, end = min(start + kPiece, (n + 1) * d);
   const acc_t inv_sigma = acc_t(1) / sigma[n];
@@ -258,11 +283,12 @@ __global__ void dsm_partial_kernel(const scalar_t* scores, const at::opmath_type
 }
 
 at::Tensor dsm_per_sample_cuda(const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
-                         double power) {
+                               double power, const c10::optional<at::Tensor>& seed_t,
+                               const c10::optional<at::Tensor>& offset_t) {
   constexpr const char* op = "fastscore_ext::dsm_per_sample";
   check_float_tensor(op, "scores", scores_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
-  check_seed_offset(op, seed, offset, scores_in.numel());
+  const StreamPosition pos = stream_position(op, seed, offset, seed_t, offset_t, scores_in);
   check_finite(op, "anneal_power", std::abs(power), false);
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const at::Tensor scores = scores_in.contiguous();
@@ -277,10 +303,12 @@ at::Tensor dsm_per_sample_cuda(const at::Tensor& scores_in, const at::Tensor& si
     auto stream = at::cuda::getCurrentCUDAStream();
     if (vec) {
       dsm_partial_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(
-          sp, sigma.data_ptr<acc_t>(), d, pieces, seed, offset, partial.data_ptr<acc_t>());
+          sp, sigma.data_ptr<acc_t>(), d, pieces, pos.seed, pos.offset, pos.seed_ptr, pos.offset_ptr,
+          partial.data_ptr<acc_t>());
     } else {
       dsm_partial_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(
-          sp, sigma.data_ptr<acc_t>(), d, pieces, seed, offset, partial.data_ptr<acc_t>());
+          sp, sigma.data_ptr<acc_t>(), d, pieces, pos.seed, pos.offset, pos.seed_ptr, pos.offset_ptr,
+          partial.data_ptr<acc_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -289,7 +317,8 @@ at::Tensor dsm_per_sample_cuda(const at::Tensor& scores_in, const at::Tensor& si
 }
 
 at::Tensor dsm_backward_cuda(const at::Tensor& grad_in, const at::Tensor& scores_in, const at::Tensor& sigma_in,
-                                  int64_t seed, int64_t offset, double power) {
+                             int64_t seed, int64_t offset, double power, const c10::optional<at::Tensor>& seed_t,
+                             const c10::optional<at::Tensor>& offset_t) {
   constexpr const char* op = "fastscore_ext::dsm_backward";
   check_float_tensor(op, "scores", scores_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
@@ -297,7 +326,7 @@ at::Tensor dsm_backward_cuda(const at::Tensor& grad_in, const at::Tensor& scores
   TORCH_CHECK(grad_in.dim() == 1 && grad_in.size(0) == scores_in.size(0), op, ": grad must have shape (N,) = (",
               scores_in.size(0), ",), got ", grad_in.sizes());
   check_same_device(op, "grad", grad_in, "scores", scores_in);
-  check_seed_offset(op, seed, offset, scores_in.numel());
+  const StreamPosition pos = stream_position(op, seed, offset, seed_t, offset_t, scores_in);
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const at::Tensor scores = scores_in.contiguous();
   // dscores = a[n] scores + b[n] z with a = g sigma^p, b = a / sigma: a few (N,) ops, then one pass.
@@ -305,7 +334,7 @@ at::Tensor dsm_backward_cuda(const at::Tensor& grad_in, const at::Tensor& scores
   const at::Tensor b = (a / sigma).contiguous();
   at::Tensor out = at::empty_like(scores);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_backward_cuda",
-                                  [&] { launch_affine<scalar_t>(scores, out, &a, b, seed, offset); });
+                                  [&] { launch_affine<scalar_t>(scores, out, &a, b, pos); });
   return out;
 }
 

@@ -316,12 +316,13 @@ def _register_python_parts() -> None:
     torch.library.register_fake(_LIB + "norm_forward")(_norm_forward_fake)
     torch.library.register_fake(_LIB + "norm_backward")(_norm_backward_fake)
     torch.library.register_fake(_LIB + "perturb")(
-        lambda x, sigma, seed, offset: torch.empty(x.shape, dtype=x.dtype, device=x.device))
+        lambda x, sigma, seed, offset, *positions: torch.empty(x.shape, dtype=x.dtype, device=x.device))
     torch.library.register_fake(_LIB + "dsm_per_sample")(
-        lambda scores, sigma, seed, offset, p: scores.new_empty((scores.shape[0],), dtype=acc_dtype(scores)))
+        lambda scores, sigma, seed, offset, p, *positions: scores.new_empty((scores.shape[0],),
+                                                                            dtype=acc_dtype(scores)))
     torch.library.register_fake(_LIB + "dsm_backward")(
-        lambda grad, scores, sigma, seed, offset, p: torch.empty(scores.shape, dtype=scores.dtype,
-                                                                 device=scores.device))
+        lambda grad, scores, sigma, seed, offset, p, *positions: torch.empty(scores.shape, dtype=scores.dtype,
+                                                                             device=scores.device))
     torch.library.register_fake(_LIB + "langevin_step_")(lambda x, score, step, seed, offset, scale, *tensors: None)
     torch.library.register_fake(_LIB + "normal_")(lambda out, seed, offset: None)
     torch.library.register_fake(_LIB + "philox4x32_10")(lambda words: words.new_empty((words.shape[0], 4)))
@@ -344,20 +345,31 @@ def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta:
     return dx, dgamma, dalpha, (dbeta if beta is not None else None)
 
 
-def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int) -> Tensor:
-    out: Tensor = torch.ops.fastscore_ext.perturb(x, sigma, int(seed), int(offset))
+def _stream(seed: Position, offset: Position) -> tuple[int, int, Tensor | None, Tensor | None]:
+    """(seed, offset, seed_t, offset_t) as the ops take them: a tensor (read by the kernel on the
+    device, never here) goes as a tensor with 0 for its int."""
+    seed_t = seed if isinstance(seed, torch.Tensor) else None
+    offset_t = offset if isinstance(offset, torch.Tensor) else None
+    return (0 if seed_t is not None else int(seed), 0 if offset_t is not None else int(offset), seed_t, offset_t)
+
+
+def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tensor:
+    out: Tensor = torch.ops.fastscore_ext.perturb(x, sigma, *_stream(seed, offset))
     return out
 
 
-def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float) -> Tensor:
-    out: Tensor = torch.ops.fastscore_ext.dsm_per_sample(scores, sigma, int(seed), int(offset), float(anneal_power))
+def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float) -> Tensor:
+    seed_n, offset_n, seed_t, offset_t = _stream(seed, offset)
+    out: Tensor = torch.ops.fastscore_ext.dsm_per_sample(scores, sigma, seed_n, offset_n, float(anneal_power), seed_t,
+                                                         offset_t)
     return out
 
 
-def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                  anneal_power: float) -> Tensor:
-    out: Tensor = torch.ops.fastscore_ext.dsm_backward(grad, scores, sigma, int(seed), int(offset),
-                                                       float(anneal_power))
+    seed_n, offset_n, seed_t, offset_t = _stream(seed, offset)
+    out: Tensor = torch.ops.fastscore_ext.dsm_backward(grad, scores, sigma, seed_n, offset_n, float(anneal_power),
+                                                       seed_t, offset_t)
     return out
 
 
@@ -365,16 +377,12 @@ def langevin_step_(x: Tensor, score: Tensor, step_size: Number, seed: Position, 
                    noise_scale: Number | None) -> None:
     # Numbers go to the kernel as arguments; one-element tensors (the CUDA-graph form) as tensors the
     # kernel reads on the device, never read back here. noise_scale None is sqrt(2 step), also on the device.
-    args: list[int | float] = []
-    tensors: list[Tensor | None] = []
-    for value, number in ((step_size, float), (seed, int), (offset, int), (noise_scale, float)):
-        if isinstance(value, torch.Tensor):
-            args.append(number(0))
-            tensors.append(value)
-        else:
-            args.append(number(-1.0 if value is None else value))
-            tensors.append(None)
-    torch.ops.fastscore_ext.langevin_step_(x, score, *args, *tensors)
+    seed_n, offset_n, seed_t, offset_t = _stream(seed, offset)
+    step_n, step_t = (0.0, step_size) if isinstance(step_size, torch.Tensor) else (float(step_size), None)
+    scale_n, scale_t = ((0.0, noise_scale) if isinstance(noise_scale, torch.Tensor)
+                        else (-1.0 if noise_scale is None else float(noise_scale), None))
+    torch.ops.fastscore_ext.langevin_step_(x, score, step_n, seed_n, offset_n, scale_n, step_t, seed_t, offset_t,
+                                           scale_t)
 
 
 def randn_(out: Tensor, seed: int, offset: int) -> None:

@@ -9,10 +9,11 @@ Conventions for every primitive:
   - Inputs arrive checked: shapes, dtypes and devices match; x is dense (contiguous or channels_last).
   - "acc" is the arithmetic dtype: float64 for float64 inputs, float32 otherwise (bfloat16, float16,
     float32 storage alike). Statistics and per-sample values are returned in acc.
-  - seed and offset: ints in [0, 2^63); for langevin_step_ also one-element int64 tensors on the
-    data's device that the kernel reads on the device (so a captured CUDA graph can advance them
-    between replays). The i-th element of a tensor in logical (N, C, H, W) order uses
-    normal(seed, offset + i) of the noise stream (docs/DESIGN.md section 3), whatever its memory format.
+  - seed and offset: ints in [0, 2^63); for perturb, dsm_per_sample, dsm_backward and langevin_step_
+    also one-element int64 tensors on the data's device that the kernel reads on the device (so a
+    captured CUDA graph can advance them between replays), with the same meaning as the ints. The
+    i-th element of a tensor in logical (N, C, H, W) order uses normal(seed, offset + i) of the noise
+    stream (docs/DESIGN.md section 3), whatever its memory format.
   - activation: an int code of ACTIVATION_CODES.
 """
 from __future__ import annotations
@@ -70,14 +71,14 @@ class Backend(Protocol):
         memory format; the parameter gradients per sample, (N, C) in acc, whatever the parameters'
         shapes (the caller sums over N for (C,) parameters); dbeta None when beta is None."""
 
-    def perturb(self, x: Tensor, sigma: Tensor, seed: int, offset: int) -> Tensor:
+    def perturb(self, x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tensor:
         """x + sigma[n] z in x's dtype (any dense layout; the caller restores x's memory format)."""
 
-    def dsm_per_sample(self, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+    def dsm_per_sample(self, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                        anneal_power: float) -> Tensor:
         """l[n] = 0.5 sigma[n]^p sum_d (scores[n, d] + z[n, d] / sigma[n])^2, (N,) in acc."""
 
-    def dsm_backward(self, grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+    def dsm_backward(self, grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                      anneal_power: float) -> Tensor:
         """d scores = grad[n] sigma[n]^p (scores + z / sigma[n]) for grad (N,) in acc, in scores' dtype
         and shape (any dense layout)."""

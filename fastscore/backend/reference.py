@@ -53,16 +53,21 @@ def _broadcast_per_sample(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tens
     return sigma.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int = 0) -> Tensor:
+def _ints(seed: Position, offset: Position) -> tuple[int, int]:
+    """Tensor positions (the CUDA-graph form, for the fused backends) are read back here: plain and slow."""
+    return int(seed), int(offset)
+
+
+def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position = 0) -> Tensor:
     dtype = acc_dtype(x)
-    z = _noise_randn(x.shape, seed, offset, device=x.device, dtype=dtype)
+    z = _noise_randn(x.shape, *_ints(seed, offset), device=x.device, dtype=dtype)
     return (x.to(dtype) + _broadcast_per_sample(sigma.to(dtype), x) * z).to(x.dtype)
 
 
-def dsm_loss(scores: Tensor, sigma: Tensor, seed: int, offset: int = 0, anneal_power: float = 2.0,
+def dsm_loss(scores: Tensor, sigma: Tensor, seed: Position, offset: Position = 0, anneal_power: float = 2.0,
              reduction: str = "mean") -> Tensor:
     dtype = acc_dtype(scores)
-    z = _noise_randn(scores.shape, seed, offset, device=scores.device, dtype=dtype)
+    z = _noise_randn(scores.shape, *_ints(seed, offset), device=scores.device, dtype=dtype)
     s = sigma.to(dtype)
     residual = scores.to(dtype) + z / _broadcast_per_sample(s, scores)
     per_sample = 0.5 * s**anneal_power * (residual**2).reshape(residual.shape[0], -1).sum(dim=1)
@@ -76,7 +81,7 @@ def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
 def langevin_step_(x: Tensor, score: Tensor, step_size: Number, seed: Position, offset: Position = 0,
                    noise_scale: Number | None = None) -> Tensor:
     # Tensor arguments (for CUDA graphs on the fused backends) are read back here: plain and slow.
-    seed, offset = int(seed), int(offset)
+    seed, offset = _ints(seed, offset)
     step_size = step_size.item() if isinstance(step_size, torch.Tensor) else step_size
     noise_scale = noise_scale.item() if isinstance(noise_scale, torch.Tensor) else noise_scale
     if noise_scale is None:
@@ -156,13 +161,14 @@ def _activation_slope(pre: Tensor, activation: str | None) -> Tensor:
     return torch.ones_like(pre)
 
 
-def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float) -> Tensor:
+def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float) -> Tensor:
     return dsm_loss(scores, sigma, seed, offset, anneal_power, "none")
 
 
-def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float) -> Tensor:
+def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
+                 anneal_power: float) -> Tensor:
     dtype = acc_dtype(scores)
-    z = _noise_randn(scores.shape, seed, offset, device=scores.device, dtype=dtype)
+    z = _noise_randn(scores.shape, *_ints(seed, offset), device=scores.device, dtype=dtype)
     s = _broadcast_per_sample(sigma.to(dtype), scores)
     coef = _broadcast_per_sample(grad.to(dtype), scores) * s**anneal_power
     return (coef * (scores.to(dtype) + z / s)).to(scores.dtype)

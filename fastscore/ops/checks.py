@@ -2,18 +2,39 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import cast
 
 import torch
+
+from ..noise import MAX_SEED, check_seed_offset
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def can_read_values() -> bool:
-    """Whether checks may read tensor values: not while torch.compile traces (a data-dependent branch
-    would break the graph) nor while a CUDA graph is captured (a device-to-host copy is illegal)."""
-    if torch.compiler.is_compiling():
-        return False
-    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+def reads_on_host(t: torch.Tensor) -> bool:
+    """Whether a check may read t's values on the host: CPU tensors, except while torch.compile traces."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def value_check(t: torch.Tensor, holds: Callable[[torch.Tensor], torch.Tensor], message: str,
+                detail: Callable[[torch.Tensor], str] | None = None) -> None:
+    """Check that holds(t), a bool tensor on t's device, is true, without reading t back from a device.
+
+    On the CPU the value is read (no device is synchronised) and a failure raises ValueError(message,
+    plus detail(t) when given). On any other device the check is a device-side assert
+    (torch._assert_async): no host synchronisation, so it can be captured in a CUDA graph and traced
+    by torch.compile, and a failure surfaces with the message at the next synchronisation. While
+    torch.compile traces, CPU checks become that assert too (a data-dependent branch would break the
+    graph). On the meta device there are no values: nothing is checked.
+    """
+    if t.device.type == "meta":
+        return
+    if reads_on_host(t):
+        if not bool(holds(t)):
+            raise ValueError(message + (f", got {detail(t)}" if detail is not None else ""))
+        return
+    torch._assert_async(holds(t), message)
 
 
 def tensor(name: str, t: object, *, dim: int | None = None, min_dim: int = 1) -> torch.Tensor:
@@ -46,13 +67,21 @@ def per_channel(name: str, p: object, x: torch.Tensor, optional: bool = False) -
     same_device(name, p, "x", x)
 
 
+def _item(t: torch.Tensor) -> str:
+    return str(t.item())
+
+
 def finite_number(name: str, value: object, *, positive: bool = False, non_negative: bool = False) -> None:
+    """A Python number, or a one-element float tensor whose value is checked by value_check."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
-        if not can_read_values():
-            return
-        value = value.item()
+        value_check(value, lambda t: torch.isfinite(t).all(), f"{name} must be finite", _item)
+        if positive:
+            value_check(value, lambda t: (t > 0).all(), f"{name} must be > 0", _item)
+        if non_negative:
+            value_check(value, lambda t: (t >= 0).all(), f"{name} must be >= 0", _item)
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
@@ -69,12 +98,11 @@ def sigma(s: object, x: torch.Tensor, x_name: str) -> None:
     if s.shape[0] != x.shape[0]:
         raise ValueError(f"sigma must have shape (N,) = ({x.shape[0]},) to match {x_name}, got {tuple(s.shape)}")
     same_device("sigma", s, x_name, x)
-    if not can_read_values():
-        return
-    if not bool(torch.isfinite(s).all()):
-        raise ValueError("sigma must be finite, got non-finite values")
-    if not bool((s > 0).all()):
-        raise ValueError(f"sigma must be > 0, got min {s.min().item()}")
+    if reads_on_host(s):
+        value_check(s, lambda t: torch.isfinite(t).all(), "sigma must be finite", lambda t: "non-finite values")
+        value_check(s, lambda t: (t > 0).all(), "sigma must be > 0", lambda t: f"min {t.min().item()}")
+    else:  # one device-side assert rather than two
+        value_check(s, lambda t: (torch.isfinite(t) & (t > 0)).all(), "sigma must be finite and > 0")
 
 
 def choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
@@ -84,8 +112,33 @@ def choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
 
 def stream_position(name: str, value: torch.Tensor, x: torch.Tensor) -> None:
     """A seed or offset given as a one-element int64 tensor on x's device (so a captured CUDA graph can
-    advance it between replays). Its value is not read here: that would synchronise the device."""
+    advance it between replays)."""
     if value.dtype != torch.int64 or value.numel() != 1:
         raise TypeError(f"{name} given as a tensor must be one int64 element, got {value.dtype} of shape "
                         f"{tuple(value.shape)}")
     same_device(name, value, "x", x)
+
+
+def stream_positions(seed: object, offset: object, x: torch.Tensor
+                     ) -> tuple[int, int, torch.Tensor | None, torch.Tensor | None]:
+    """(seed, offset, seed_t, offset_t) of a noise-stream position for the numel elements of x.
+
+    seed and offset are ints, or one-element int64 tensors on x's device, whose values are checked by
+    value_check (on a GPU a device-side assert, never a read-back). A tensor comes back as seed_t or
+    offset_t with 0 in place of its int; an int comes back as itself with None for the tensor.
+    """
+    seed_t = seed if isinstance(seed, torch.Tensor) else None
+    offset_t = offset if isinstance(offset, torch.Tensor) else None
+    numel = x.numel()
+    check_seed_offset(0 if seed_t is not None else seed, 0 if offset_t is not None else offset,
+                      0 if offset_t is not None else numel)
+    if seed_t is not None:
+        stream_position("seed", seed_t, x)
+        value_check(seed_t, lambda t: (t >= 0).all(), "seed must be in [0, 2^63)", _item)
+    if offset_t is not None:
+        stream_position("offset", offset_t, x)
+        value_check(offset_t, lambda t: ((t >= 0) & (t <= MAX_SEED + 1 - numel)).all(),
+                    "offset must be in [0, 2^63 - numel)", lambda t: f"{t.item()} for {numel} draws")
+    # check_seed_offset has made sure that what is not a tensor is an int
+    return (0 if seed_t is not None else cast(int, seed), 0 if offset_t is not None else cast(int, offset),
+            seed_t, offset_t)

@@ -12,21 +12,25 @@ import torch
 
 from ..backend.dispatch import module as backend_module
 from ..backend.dispatch import resolved as resolved_backend
-from ..backend.protocol import acc_dtype, dense, like
-from ..noise import check_seed_offset
+from ..backend.protocol import Position, acc_dtype, dense, like
 from . import checks
 
 Tensor = torch.Tensor
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int = 0, *, backend: str | None = None) -> Tensor:
+def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position = 0, *,
+            backend: str | None = None) -> Tensor:
     """x + sigma[n] * z, with z.flatten()[i] = normal(seed, offset + i); in x's dtype and memory format.
-    Differentiable in x (the identity); sigma gets no gradient."""
+    Differentiable in x (the identity); sigma gets no gradient.
+
+    seed and offset are ints or one-element int64 tensors on x's device (read by the kernels on the
+    device, never here), so a CUDA graph that captured this call can advance them between replays.
+    """
     checks.tensor("x", x)
     checks.sigma(sigma, x, "x")
-    check_seed_offset(seed, offset, x.numel())
-    out: Tensor = torch.ops.fastscore.perturb(dense(x), sigma, int(seed), int(offset),
+    seed_n, offset_n, seed_t, offset_t = checks.stream_positions(seed, offset, x)
+    out: Tensor = torch.ops.fastscore.perturb(dense(x), sigma, seed_n, offset_n, seed_t, offset_t,
                                               resolved_backend(backend, x.device))
     return out
 
@@ -34,8 +38,8 @@ def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int = 0, *, backend: st
 def dsm_loss(
     scores: Tensor,
     sigma: Tensor,
-    seed: int,
-    offset: int = 0,
+    seed: Position,
+    offset: Position = 0,
     anneal_power: float = 2.0,
     reduction: str = "mean",
     *,
@@ -45,15 +49,17 @@ def dsm_loss(
     reduced by "mean" (default), "sum" or "none" (the (N,) losses, in float32; float64 for float64).
 
     Called with the (seed, offset) that perturbed the data, this is ncsn's anneal_dsm_score_estimation;
-    the noise is regenerated, never stored. Differentiable in scores; sigma gets no gradient.
+    the noise is regenerated, never stored. Differentiable in scores; sigma gets no gradient. seed and
+    offset: as for perturb; the backward regenerates the noise at the position the forward used.
     """
     checks.tensor("scores", scores)
     checks.sigma(sigma, scores, "scores")
-    check_seed_offset(seed, offset, scores.numel())
+    seed_n, offset_n, seed_t, offset_t = checks.stream_positions(seed, offset, scores)
     checks.finite_number("anneal_power", anneal_power)
     checks.choice("reduction", reduction, REDUCTIONS)
     per_sample: Tensor = torch.ops.fastscore.dsm_loss_per_sample(
-        dense(scores), sigma, int(seed), int(offset), float(anneal_power), resolved_backend(backend, scores.device))
+        dense(scores), sigma, seed_n, offset_n, float(anneal_power), seed_t, offset_t,
+        resolved_backend(backend, scores.device))
     return reduce_losses(per_sample, reduction)
 
 
@@ -66,62 +72,79 @@ def reduce_losses(per_sample: Tensor, reduction: str) -> Tensor:
 
 
 # ---- registration and autograd ---------------------------------------------------------------------
+# seed and offset reach the ops as ints and, for the tensor form, as the optional tensors seed_t and
+# offset_t, which replace their int (position() below): torch.library schemas have no int-or-tensor type.
+
+def position(number: int, tensor: Tensor | None) -> Position:
+    return tensor if tensor is not None else number
+
 
 @torch.library.custom_op("fastscore::perturb", mutates_args=())
-def _perturb(x: Tensor, sigma: Tensor, seed: int, offset: int, backend: str) -> Tensor:
-    return like(backend_module(backend).perturb(x, sigma, seed, offset), x)
+def _perturb(x: Tensor, sigma: Tensor, seed: int, offset: int, seed_t: Tensor | None, offset_t: Tensor | None,
+             backend: str) -> Tensor:
+    return like(backend_module(backend).perturb(x, sigma, position(seed, seed_t), position(offset, offset_t)), x)
 
 
 @_perturb.register_fake
-def _(x: Tensor, sigma: Tensor, seed: int, offset: int, backend: str) -> Tensor:
+def _(x: Tensor, sigma: Tensor, seed: int, offset: int, seed_t: Tensor | None, offset_t: Tensor | None,
+      backend: str) -> Tensor:
     return torch.empty_like(x)
 
 
-def _perturb_setup(ctx: Any, inputs: tuple[Tensor, Tensor, int, int, str], output: Tensor) -> None:
+def _perturb_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
     ctx.x_dtype = inputs[0].dtype
 
 
-def _perturb_grad(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
-    return grad.to(ctx.x_dtype), None, None, None, None
+def _perturb_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    return grad.to(ctx.x_dtype), None, None, None, None, None, None
 
 
 _perturb.register_autograd(_perturb_grad, setup_context=_perturb_setup)
 
 
 @torch.library.custom_op("fastscore::dsm_loss_per_sample", mutates_args=())
-def _dsm(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, backend: str) -> Tensor:
-    return backend_module(backend).dsm_per_sample(scores, sigma, seed, offset, anneal_power)
+def _dsm(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, seed_t: Tensor | None,
+         offset_t: Tensor | None, backend: str) -> Tensor:
+    return backend_module(backend).dsm_per_sample(scores, sigma, position(seed, seed_t), position(offset, offset_t),
+                                                  anneal_power)
 
 
 @_dsm.register_fake
-def _(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, backend: str) -> Tensor:
+def _(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, seed_t: Tensor | None,
+      offset_t: Tensor | None, backend: str) -> Tensor:
     return scores.new_empty(scores.shape[:1], dtype=acc_dtype(scores))
 
 
 @torch.library.custom_op("fastscore::dsm_loss_backward", mutates_args=())
 def _dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float,
-                  backend: str) -> Tensor:
-    return like(backend_module(backend).dsm_backward(grad, scores, sigma, seed, offset, anneal_power), scores)
+                  seed_t: Tensor | None, offset_t: Tensor | None, backend: str) -> Tensor:
+    return like(backend_module(backend).dsm_backward(grad, scores, sigma, position(seed, seed_t),
+                                                     position(offset, offset_t), anneal_power), scores)
 
 
 @_dsm_backward.register_fake
 def _(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float,
-      backend: str) -> Tensor:
+      seed_t: Tensor | None, offset_t: Tensor | None, backend: str) -> Tensor:
     return torch.empty_like(scores)
 
 
-def _dsm_setup(ctx: Any, inputs: tuple[Tensor, Tensor, int, int, float, str], output: Tensor) -> None:
-    scores, sigma, seed, offset, anneal_power, backend = inputs
-    ctx.save_for_backward(scores, sigma)
-    ctx.args = (seed, offset, anneal_power, backend)
+def _dsm_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    scores, sigma, seed, offset, anneal_power, seed_t, offset_t, backend = inputs
+    # The backward regenerates the forward's noise: tensor positions are copied (on the device, no
+    # read-back) so that advancing them in place between forward and backward changes nothing.
+    ctx.save_for_backward(scores, sigma, None if seed_t is None else seed_t.clone(),
+                          None if offset_t is None else offset_t.clone())
+    ctx.args = (seed, offset, anneal_power)
+    ctx.backend = backend
 
 
-def _dsm_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
-    scores, sigma = ctx.saved_tensors
+def _dsm_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    scores, sigma, seed_t, offset_t = ctx.saved_tensors
     dscores = None
     if ctx.needs_input_grad[0]:
-        dscores = torch.ops.fastscore.dsm_loss_backward(grad.contiguous(), scores, sigma, *ctx.args)
-    return dscores, None, None, None, None, None
+        dscores = torch.ops.fastscore.dsm_loss_backward(grad.contiguous(), scores, sigma, *ctx.args, seed_t,
+                                                        offset_t, ctx.backend)
+    return dscores, None, None, None, None, None, None, None
 
 
 _dsm.register_autograd(_dsm_grad, setup_context=_dsm_setup)

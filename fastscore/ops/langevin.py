@@ -9,7 +9,6 @@ import torch
 from ..backend.dispatch import module as backend_module
 from ..backend.dispatch import resolved as resolved_backend
 from ..backend.protocol import Number, Position, dense, like
-from ..noise import check_seed_offset
 from . import checks
 
 Tensor = torch.Tensor
@@ -40,27 +39,17 @@ def langevin_step_(
     checks.finite_number("step_size", step_size, non_negative=True)
     if noise_scale is not None:
         checks.finite_number("noise_scale", noise_scale, non_negative=True)
-    positions = [(n, v) for n, v in (("seed", seed), ("offset", offset)) if isinstance(v, torch.Tensor)]
-    for name, position in positions:
-        checks.stream_position(name, position, x)
-    if not positions:
-        check_seed_offset(seed, offset, x.numel())
+    seed_n, offset_n, seed_t, offset_t = checks.stream_positions(seed, offset, x)
     for name, coefficient in (("step_size", step_size), ("noise_scale", noise_scale)):
         if isinstance(coefficient, torch.Tensor):
             checks.same_device(name, coefficient, "x", x)
     # Numbers go to the op as numbers, tensors as tensors the kernel reads on the device (never here).
-    numbers: list[int | float] = []
-    tensors: list[Tensor | None] = []
-    for value, kind in ((step_size, float), (seed, int), (offset, int), (noise_scale, float)):
-        if isinstance(value, torch.Tensor):
-            numbers.append(kind(0))
-            tensors.append(value)
-        else:
-            numbers.append(kind(-1.0 if value is None else value))
-            tensors.append(None)
+    step_n, step_t = (0.0, step_size) if isinstance(step_size, torch.Tensor) else (float(step_size), None)
+    scale_n, scale_t = ((0.0, noise_scale) if isinstance(noise_scale, torch.Tensor)
+                        else (-1.0 if noise_scale is None else float(noise_scale), None))
     target = dense(x)  # the kernels update memory in place: a strided x is updated through a dense copy
-    torch.ops.fastscore.langevin_step_(target, like(score, target), *numbers, *tensors,
-                                       resolved_backend(backend, x.device))
+    torch.ops.fastscore.langevin_step_(target, like(score, target), step_n, seed_n, offset_n, scale_n, step_t,
+                                       seed_t, offset_t, scale_t, resolved_backend(backend, x.device))
     if target is not x:
         x.copy_(target)
     return x
