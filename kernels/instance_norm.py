@@ -61,9 +61,10 @@ def _tile(pid_p, pid_hw, P, C, HW, stride_n, stride_c, stride_hw,
 
 
 @triton.jit
-def _param(ptr, p, C, per_sample_stride, mask):
-    """gamma/alpha/beta of planes p as float32: (N, C) rows when per_sample_stride = C, (C,) when 0."""
-    return tl.load(ptr + (p // C) * per_sample_stride + p % C, mask=mask, other=0.0).to(tl.float32)
+def _param(ptr, p, C, row_stride, col_stride, mask):
+    """gamma/alpha/beta of planes p as float32, read in place through their strides: (N, C) views of
+    any layout (embedding slices, transposes, expansions), or (C,) with row_stride 0."""
+    return tl.load(ptr + (p // C) * row_stride + (p % C) * col_stride, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -88,16 +89,17 @@ def _activation_slope(g, ACT: tl.constexpr):
 
 @triton.jit
 def _plane_coefficients(p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                        gamma_stride, alpha_stride, beta_stride, HAS_BETA: tl.constexpr):
+                        gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col,
+                        HAS_BETA: tl.constexpr):
     """Per-plane mu, rstd, gamma, and b = gamma * alpha * muhat + beta: g = gamma * xhat + b."""
     mu = tl.load(mu_ptr + p, mask=pmask, other=0.0)
     rstd = tl.load(rstd_ptr + p, mask=pmask, other=0.0)
     muhat = tl.load(muhat_ptr + p, mask=pmask, other=0.0)
-    gamma = _param(gamma_ptr, p, C, gamma_stride, pmask)
-    alpha = _param(alpha_ptr, p, C, alpha_stride, pmask)
+    gamma = _param(gamma_ptr, p, C, gamma_stride, gamma_col, pmask)
+    alpha = _param(alpha_ptr, p, C, alpha_stride, alpha_col, pmask)
     shift = gamma * alpha * muhat
     if HAS_BETA:
-        shift += _param(beta_ptr, p, C, beta_stride, pmask)
+        shift += _param(beta_ptr, p, C, beta_stride, beta_col, pmask)
     return mu, rstd, gamma, alpha, muhat, shift
 
 
@@ -214,19 +216,20 @@ def _sample_stats(mu_ptr, muhat_ptr, rv_ptr, C, inv_cm1, muhat_scale, eps, BLOCK
 
 @triton.jit
 def _apply(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-           gamma_stride, alpha_stride, beta_stride, P, C, HW, stride_n, stride_c, stride_hw,
+           gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, P, C, HW, stride_n,
+           stride_c, stride_hw,
            ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     p, offs, mask = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, stride_n, stride_c, stride_hw,
                           BLOCK_P, BLOCK_HW)
     pmask = p < P
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
         p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
+        gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, HAS_BETA)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     xhat = (x - mu[:, None]) * rstd[:, None]
     g = gamma[:, None] * (xhat + (alpha * muhat)[:, None])
     if HAS_BETA:
-        g += _param(beta_ptr, p, C, beta_stride, pmask)[:, None]
+        g += _param(beta_ptr, p, C, beta_stride, beta_col, pmask)[:, None]
     tl.store(y_ptr + offs, _activate(g, ACT).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -248,7 +251,7 @@ def _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT: tl.conste
 
 @triton.jit
 def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                   gamma_stride, alpha_stride, beta_stride,
+                   gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col,
                    s1_ptr, s2_ptr, P, C, HW, stride_n, stride_c, stride_hw, split_len,
                    ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     """Per plane and position range (program_id(1)): S1 = sum dg and S2 = sum dg * xhat, stored at
@@ -259,7 +262,7 @@ def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_
     pmask = p < P
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
         p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
+        gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, HAS_BETA)
     s1 = tl.zeros([BLOCK_P], tl.float32)
     s2 = tl.zeros([BLOCK_P], tl.float32)
     begin = split * split_len
@@ -279,7 +282,8 @@ def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_
 
 @triton.jit
 def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, gamma_stride, alpha_stride,
-                     dmu_ptr, dgamma_ptr, dalpha_ptr, C, inv_cm1, muhat_scale, BLOCK_C: tl.constexpr):
+                     gamma_col, alpha_col, dmu_ptr, dgamma_ptr, dalpha_ptr, grad_ld, C, inv_cm1, muhat_scale,
+                     BLOCK_C: tl.constexpr):
     """Per sample n. With D_c = dL/dmuhat_c = alpha_c gamma_c S1_c and muhat = (mu - m) rv:
     dL/d(mu_c - m) = G_c = rv (D_c - muhat_c sum_k D_k muhat_k / (C - 1)), dL/dmu_c = G_c - mean_k G_k."""
     n = tl.program_id(0).to(tl.int64)
@@ -290,7 +294,8 @@ def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, ga
         c = c0 + tl.arange(0, BLOCK_C)
         cm = c < C
         p = n * C + c
-        d = _param(alpha_ptr, p, C, alpha_stride, cm) * _param(gamma_ptr, p, C, gamma_stride, cm) \
+        d = _param(alpha_ptr, p, C, alpha_stride, alpha_col, cm) * _param(gamma_ptr, p, C, gamma_stride,
+                   gamma_col, cm) \
             * tl.load(s1_ptr + p, mask=cm, other=0.0)
         dot += d * tl.load(muhat_ptr + p, mask=cm, other=0.0)
         c0 += BLOCK_C
@@ -301,7 +306,8 @@ def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, ga
         c = c0 + tl.arange(0, BLOCK_C)
         cm = c < C
         p = n * C + c
-        d = _param(alpha_ptr, p, C, alpha_stride, cm) * _param(gamma_ptr, p, C, gamma_stride, cm) \
+        d = _param(alpha_ptr, p, C, alpha_stride, alpha_col, cm) * _param(gamma_ptr, p, C, gamma_stride,
+                   gamma_col, cm) \
             * tl.load(s1_ptr + p, mask=cm, other=0.0)
         g_total += tl.where(cm, rv * (d - tl.load(muhat_ptr + p, mask=cm, other=0.0) * proj), 0.0)
         c0 += BLOCK_C
@@ -311,20 +317,20 @@ def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, ga
         c = c0 + tl.arange(0, BLOCK_C)
         cm = c < C
         p = n * C + c
-        gamma = _param(gamma_ptr, p, C, gamma_stride, cm)
-        alpha = _param(alpha_ptr, p, C, alpha_stride, cm)
+        gamma = _param(gamma_ptr, p, C, gamma_stride, gamma_col, cm)
+        alpha = _param(alpha_ptr, p, C, alpha_stride, alpha_col, cm)
         s1 = tl.load(s1_ptr + p, mask=cm, other=0.0)
         s2 = tl.load(s2_ptr + p, mask=cm, other=0.0)
         muhat = tl.load(muhat_ptr + p, mask=cm, other=0.0)
         tl.store(dmu_ptr + p, (rv * (alpha * gamma * s1 - muhat * proj) - g_mean) * muhat_scale, mask=cm)
-        tl.store(dgamma_ptr + p, s2 + alpha * muhat * s1, mask=cm)
-        tl.store(dalpha_ptr + p, gamma * muhat * s1, mask=cm)
+        tl.store(dgamma_ptr + n * grad_ld + c, s2 + alpha * muhat * s1, mask=cm)
+        tl.store(dalpha_ptr + n * grad_ld + c, gamma * muhat * s1, mask=cm)
         c0 += BLOCK_C
 
 
 @triton.jit
 def _backward_apply(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                    gamma_stride, alpha_stride, beta_stride, s1_ptr, s2_ptr, dmu_ptr,
+                    gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, s1_ptr, s2_ptr, dmu_ptr,
                     P, C, HW, stride_n, stride_c, stride_hw,
                     ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
     p, offs, mask = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, stride_n, stride_c, stride_hw,
@@ -332,7 +338,7 @@ def _backward_apply(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_pt
     pmask = p < P
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
         p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
+        gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, HAS_BETA)
     s1 = tl.load(s1_ptr + p, mask=pmask, other=0.0) / HW
     s2 = tl.load(s2_ptr + p, mask=pmask, other=0.0) / HW
     dmu = tl.load(dmu_ptr + p, mask=pmask, other=0.0) / HW
@@ -357,7 +363,8 @@ def _sample_tile(C, HW, stride_n, stride_c, stride_hw, BLOCK_C: tl.constexpr, BL
 
 @triton.jit
 def _fused_forward(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                   gamma_stride, alpha_stride, beta_stride, C, HW, stride_n, stride_c, stride_hw,
+                   gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, C, HW, stride_n,
+                   stride_c, stride_hw,
                    inv_cm1, muhat_scale, eps,
                    ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """Sample n in one read of x: plane statistics, channel statistics, normalise, affine, act, store."""
@@ -371,11 +378,11 @@ def _fused_forward(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, gamma_ptr,
     rv = 1.0 / tl.sqrt_rn(tl.sum(dm * dm, axis=0) * inv_cm1 + eps)
     muhat = dm * rv * muhat_scale
     p = n * C + c
-    gamma = _param(gamma_ptr, p, C, gamma_stride, cmask)
-    alpha = _param(alpha_ptr, p, C, alpha_stride, cmask)
+    gamma = _param(gamma_ptr, p, C, gamma_stride, gamma_col, cmask)
+    alpha = _param(alpha_ptr, p, C, alpha_stride, alpha_col, cmask)
     g = gamma[:, None] * (d * rstd[:, None] + (alpha * muhat)[:, None])
     if HAS_BETA:
-        g += _param(beta_ptr, p, C, beta_stride, cmask)[:, None]
+        g += _param(beta_ptr, p, C, beta_stride, beta_col, cmask)[:, None]
     tl.store(y_ptr + offs, _activate(g, ACT).to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mu_ptr + p, mu, mask=cmask)
     tl.store(rstd_ptr + p, rstd, mask=cmask)
@@ -385,15 +392,16 @@ def _fused_forward(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, gamma_ptr,
 
 @triton.jit
 def _fused_backward(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                    gamma_stride, alpha_stride, beta_stride, s1_ptr, dgamma_ptr, dalpha_ptr,
-                    C, HW, stride_n, stride_c, stride_hw, inv_cm1, muhat_scale,
+                    gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, s1_ptr,
+                    dgamma_ptr, dalpha_ptr,
+                    grad_ld, C, HW, stride_n, stride_c, stride_hw, inv_cm1, muhat_scale,
                     ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """Sample n in one read of x and dy: the three backward stages of the split kernels in registers."""
     n, c, cmask, offs, mask = _sample_tile(C, HW, stride_n, stride_c, stride_hw, BLOCK_C, BLOCK_HW)
     p = n * C + c
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
         p, cmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
+        gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, HAS_BETA)
     xhat, dg = _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT)
     s1 = tl.sum(dg, axis=1)
     s2 = tl.sum(dg * xhat, axis=1)
@@ -404,9 +412,10 @@ def _fused_backward(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, 
     dmu = (g_c - tl.sum(g_c, axis=0) / C) * muhat_scale
     dx = (gamma * rstd)[:, None] * (dg - (s1 / HW)[:, None] - xhat * (s2 / HW)[:, None]) + (dmu / HW)[:, None]
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-    tl.store(s1_ptr + p, s1, mask=cmask)
-    tl.store(dgamma_ptr + p, s2 + alpha * muhat * s1, mask=cmask)
-    tl.store(dalpha_ptr + p, gamma * muhat * s1, mask=cmask)
+    g = n * grad_ld + c  # the sample's row of the (N, K, C) parameter-gradient buffer
+    tl.store(s1_ptr + g, s1, mask=cmask)
+    tl.store(dgamma_ptr + g, s2 + alpha * muhat * s1, mask=cmask)
+    tl.store(dalpha_ptr + g, gamma * muhat * s1, mask=cmask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,13 +465,15 @@ def _channel_constants(c: int) -> tuple[float, float]:
     return (1.0 / (c - 1), 1.0) if c > 1 else (0.0, 0.0)
 
 
-def _params(gamma: Tensor, alpha: Tensor, beta: Tensor | None,
-            c: int) -> tuple[Tensor, Tensor, Tensor, int, int, int]:
-    """Kernel arguments (gamma, alpha, beta, their row strides): each may be (N, C) (stride C) or (C,)
-    (stride 0, shared by every sample) independently; a missing beta is replaced by gamma, unread."""
+def _params(gamma: Tensor, alpha: Tensor, beta: Tensor | None) -> tuple[Tensor, Tensor, Tensor, int, int, int,
+                                                                         int, int, int]:
+    """Kernel arguments (gamma, alpha, beta, their row strides, their column strides): each may be (N, C)
+    with any strides or (C,) (row stride 0, shared by every sample) independently, read in place; a
+    missing beta is replaced by gamma, unread."""
     beta = beta if beta is not None else gamma
-    gamma_stride, alpha_stride, beta_stride = (c if t.dim() == 2 else 0 for t in (gamma, alpha, beta))
-    return gamma, alpha, beta, gamma_stride, alpha_stride, beta_stride
+    (gr, ar, br), (gc, ac, bc) = ((t.stride(0) if t.dim() == 2 else 0 for t in (gamma, alpha, beta)),
+                                  (t.stride(-1) for t in (gamma, alpha, beta)))
+    return gamma, alpha, beta, gr, ar, br, gc, ac, bc
 
 
 class _Float32(TypedDict):
@@ -480,7 +491,7 @@ def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, e
     mu, rstd, muhat = (torch.empty(n, c, **f32) for _ in range(3))
     rv = torch.empty(n, **f32)
     y = torch.empty_like(x)
-    params = _params(gamma.contiguous(), alpha.contiguous(), beta.contiguous() if beta is not None else None, c)
+    params = _params(gamma, alpha, beta)
     has_beta = beta is not None
     sample_blocks = _sample_blocks(c, hw)
     if sample_blocks is not None:
@@ -517,13 +528,17 @@ def norm_backward(dy: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Ten
     muhat, rv = torch.empty(n, c, **f32), torch.empty(n, **f32)
     _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps,
                         BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
-    s1, dgamma, dalpha = torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, c, **f32)
+    # The parameter grads as rows of one (N, K, C) buffer (protocol.py): dgamma, dalpha, dbeta (= S1).
+    dparams = torch.empty(n, 3 if beta is not None else 2, c, **f32)
+    dgamma, dalpha = dparams[:, 0], dparams[:, 1]
+    s1 = dparams[:, 2] if beta is not None else torch.empty_like(dparams)[:, 0]  # rows strided as dparams'
     dx = torch.empty_like(x)
-    params = _params(gamma.contiguous(), alpha.contiguous(), beta.contiguous() if beta is not None else None, c)
+    params = _params(gamma, alpha, beta)
     has_beta = beta is not None
     sample_blocks = _sample_blocks(c, hw)
     if sample_blocks is not None:
-        _fused_backward[(n,)](x, dy, dx, mu, rstd, muhat, rv, *params, s1, dgamma, dalpha, c, hw, *strides,
+        _fused_backward[(n,)](x, dy, dx, mu, rstd, muhat, rv, *params, s1, dgamma, dalpha, dgamma.stride(0), c, hw,
+                              *strides,
                               *_channel_constants(c), ACT=activation, HAS_BETA=has_beta, BLOCK_C=sample_blocks[0],
                               BLOCK_HW=sample_blocks[1], num_warps=_warps(*sample_blocks))
     else:
@@ -535,10 +550,14 @@ def norm_backward(dy: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Ten
         s1_parts, s2_parts = (torch.empty(n, c, splits, **f32) for _ in range(2))
         _backward_sums[(triton.cdiv(p, block_p), splits)](x, dy, mu, rstd, muhat, *params, s1_parts, s2_parts,
                                                           p, c, hw, *strides, split_len, **common)
-        s1, s2 = (t.sum(2) if splits > 1 else t.squeeze(2) for t in (s1_parts, s2_parts))
-        _backward_sample[(n,)](s1, s2, muhat, rv, *params[:2], *params[3:5], dmu, dgamma, dalpha, c,
+        s1_sum, s2 = (t.sum(2) if splits > 1 else t.squeeze(2) for t in (s1_parts, s2_parts))
+        s1.copy_(s1_sum)
+        s1 = s1_sum  # contiguous (N, C), as _backward_sample and _backward_apply index it
+        _backward_sample[(n,)](s1, s2, muhat, rv, *params[:2], *params[3:5], *params[6:8], dmu, dgamma, dalpha,
+                               dgamma.stride(0), c,
                                *_channel_constants(c), BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
         _backward_apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
             x, dy, dx, mu, rstd, muhat, *params, s1, s2, dmu, p, c, hw, *strides, **common)
     dtype = acc_dtype(x)  # the kernels compute in float32; the contract hands over acc
-    return dx, dgamma.to(dtype), dalpha.to(dtype), s1.to(dtype) if has_beta else None
+    dparams = dparams.to(dtype)
+    return dx, dparams[:, 0], dparams[:, 1], dparams[:, 2] if has_beta else None
