@@ -99,6 +99,10 @@ def _cuda_backend_reason() -> str | None:
 @pytest.mark.skipif(_cuda_backend_reason() is not None, reason=str(_cuda_backend_reason()))
 def test_every_kernel_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # The script's own directory (tests/) heads the child's sys.path, not the checkout: put the checkout
+    # first, or the child compiles whichever fastscore is installed (another checkout's kernels).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
 
