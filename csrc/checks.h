@@ -58,7 +58,8 @@ inline at::Tensor checked_sigma(const char* op, const at::Tensor& sigma, const a
   return sigma.to(acc_dtype(x.scalar_type())).contiguous();
 }
 
-// gamma/alpha/beta: (N, C) or (C,) on x's device; returned contiguous in the arithmetic dtype.
+// gamma/alpha/beta: (N, C) or (C,) on x's device; returned in the arithmetic dtype with its strides
+// (the kernels read strided parameters in place; only a dtype conversion copies).
 inline at::Tensor checked_param(const char* op, const char* name, const at::Tensor& p, const at::Tensor& x) {
   check_float_tensor(op, name, p);
   const int64_t n = x.size(0), c = x.size(1);
@@ -66,7 +67,7 @@ inline at::Tensor checked_param(const char* op, const char* name, const at::Tens
   TORCH_CHECK(ok, op, ": ", name, " must have shape (N, C) = (", n, ", ", c, ") or (C,) = (", c, ",), got ",
               p.sizes());
   check_same_device(op, name, p, "x", x);
-  return p.to(acc_dtype(x.scalar_type())).contiguous();
+  return p.to(acc_dtype(x.scalar_type()));
 }
 
 inline void check_norm_x(const char* op, const at::Tensor& x, double eps, int64_t activation) {

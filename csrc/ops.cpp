@@ -27,10 +27,12 @@ TORCH_LIBRARY(fastscore_ext, m) {
   // y, and the float32 (float64 for float64 x) per-plane mean and 1 / sqrt(var + eps) kept for backward.
   m.def("norm_forward(Tensor x, Tensor gamma, Tensor alpha, Tensor? beta, float eps, int activation)"
         " -> (Tensor, Tensor, Tensor)");
-  // dx, and dgamma, dalpha, dbeta per sample: (N, C) in the arithmetic dtype whatever the parameters'
-  // shapes (the caller sums over N for (C,) parameters). Without beta, dbeta is an empty tensor.
+  // dx, and the parameter grads per sample in one (N, K, C) tensor in the arithmetic dtype, rows
+  // dgamma, dalpha (and dbeta: K = 3 with beta, 2 without), whatever the parameters' shapes (the caller
+  // sums over N for (C,) parameters). One buffer, laid out as an embedding's (gamma | alpha | beta) rows,
+  // so the gradient of such an embedding needs no gather.
   m.def("norm_backward(Tensor grad_y, Tensor x, Tensor gamma, Tensor alpha, Tensor? beta,"
-        " Tensor mean, Tensor rstd, float eps, int activation) -> (Tensor, Tensor, Tensor, Tensor)");
+        " Tensor mean, Tensor rstd, float eps, int activation) -> (Tensor, Tensor)");
   // seed_t / offset_t, one-element int64 tensors on x's device, replace seed / offset when given: the
   // CUDA kernels read them on the device (a captured CUDA graph can advance them), never the host.
   m.def("perturb(Tensor x, Tensor sigma, int seed, int offset, Tensor? seed_t=None, Tensor? offset_t=None)"
@@ -72,13 +74,15 @@ Shape shape_of(const at::Tensor& x) {
   return {x.size(0), x.size(1), x.size(2) * x.size(3), use_channels_last(x)};
 }
 
-// The checked parameters (contiguous, arithmetic dtype) as the kernels read them: a row per sample
-// for (N, C), one shared row for (C,).
+// The checked parameters (arithmetic dtype, any strides) as the kernels read them: (N, C) by their row
+// and column strides, (C,) as one row shared by every sample (row stride 0).
 template <typename acc_t>
-NormParams<acc_t> norm_params(const at::Tensor& g, const at::Tensor& a, const c10::optional<at::Tensor>& b, int64_t C) {
-  auto stride = [&](const at::Tensor& t) { return t.dim() == 2 ? C : int64_t(0); };
+NormParams<acc_t> norm_params(const at::Tensor& g, const at::Tensor& a, const c10::optional<at::Tensor>& b) {
+  auto row = [](const at::Tensor& t) { return t.dim() == 2 ? t.stride(0) : int64_t(0); };
+  auto col = [](const at::Tensor& t) { return t.stride(t.dim() - 1); };
   return {g.data_ptr<acc_t>(), a.data_ptr<acc_t>(), b.has_value() ? b->data_ptr<acc_t>() : nullptr,
-          stride(g), stride(a), b.has_value() ? stride(*b) : int64_t(0)};
+          row(g), row(a), b.has_value() ? row(*b) : int64_t(0),
+          col(g), col(a), b.has_value() ? col(*b) : int64_t(0)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cpu(const at::Tensor& x_in, const at::Tensor& gamma_in,
@@ -101,12 +105,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cpu(const at::Tensor
     using acc_t = acc_type<scalar_t>;
     norm_forward<scalar_t>({s, eps, act, x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(),
                             rstd.data_ptr<acc_t>(), scale.data_ptr<acc_t>(), shift.data_ptr<acc_t>(),
-                            norm_params<acc_t>(gamma, alpha, beta, s.C)});
+                            norm_params<acc_t>(gamma, alpha, beta)});
   });
   return {y, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cpu(
+std::tuple<at::Tensor, at::Tensor> norm_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& alpha_in,
     const c10::optional<at::Tensor>& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in, double eps,
     int64_t act) {
@@ -141,18 +145,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cpu(
   auto nc = [&] { return empty({N, C}, acc); };
   at::Tensor scale = nc(), shift = nc(), S1 = nc(), S2 = nc(), c1 = nc(), c2 = nc(), c3 = nc();
   const bool has_beta = beta.has_value();
-  at::Tensor dgamma = nc(), dalpha = nc();
-  at::Tensor dbeta = has_beta ? nc() : empty({0}, acc);
+  const int64_t K = has_beta ? 3 : 2;
+  at::Tensor dparams = empty({N, K, C}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "norm_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     norm_backward<scalar_t>({s, eps, act, x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
                              mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), scale.data_ptr<acc_t>(),
                              shift.data_ptr<acc_t>(), S1.data_ptr<acc_t>(), S2.data_ptr<acc_t>(), c1.data_ptr<acc_t>(),
-                             c2.data_ptr<acc_t>(), c3.data_ptr<acc_t>(), dgamma.data_ptr<acc_t>(),
-                             dalpha.data_ptr<acc_t>(), has_beta ? dbeta.data_ptr<acc_t>() : nullptr,
-                             norm_params<acc_t>(gamma, alpha, beta, C)});
+                             c2.data_ptr<acc_t>(), c3.data_ptr<acc_t>(), dparams.data_ptr<acc_t>(),
+                             dparams.data_ptr<acc_t>() + C, has_beta ? dparams.data_ptr<acc_t>() + 2 * C : nullptr,
+                             K * C, norm_params<acc_t>(gamma, alpha, beta)});
   });
-  return {dx, dgamma, dalpha, dbeta};
+  return {dx, dparams};
 }
 
 // ---- noise ops --------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ running averages), as in the originals.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -45,6 +47,36 @@ def _check_labels(y: object, x: torch.Tensor) -> None:
                          f"got {tuple(y.shape)}")
 
 
+class _SplitRows(torch.autograd.Function):
+    """rows (N, K*C) -> K views (N, C) of its column blocks, no copy. Backward: when the K gradients are
+    the rows of one (N, K, C) buffer (as the norm's backward returns them) that buffer, viewed (N, K*C),
+    is the gradient of rows, no copy; otherwise one concatenation. (Plain slicing would give each slice
+    an (N, K*C) zero-filled gradient of its own, then add them up.)"""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, c: int) -> tuple[torch.Tensor, ...]:
+        ctx.c = c
+        return tuple(rows[:, i * c: (i + 1) * c] for i in range(rows.shape[1] // c))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        c = ctx.c
+        first = next(g for g in grads if g is not None)
+        base = None if torch.compiler.is_compiling() else first._base  # traced graphs: the plain cat
+        n, k = first.shape[0], len(grads)
+        if (base is not None and base.shape == (n, k, c) and base.is_contiguous()
+                and all(g is not None and g._base is base and g.stride() == (k * c, 1)
+                        and g.storage_offset() == base.storage_offset() + i * c for i, g in enumerate(grads))):
+            return base.view(n, k * c), None
+        return torch.cat([g if g is not None else first.new_zeros(n, c) for g in grads], dim=1), None
+
+
+def split_rows(rows: torch.Tensor, c: int) -> tuple[torch.Tensor, ...]:
+    """The (N, C) column blocks of rows (N, K*C) as views, with a backward that gathers nothing."""
+    out: tuple[torch.Tensor, ...] = _SplitRows.apply(rows, c)
+    return out
+
+
 class CondInstanceNorm2dPlus(nn.Module):
     """Conditional instance norm++ (Song & Ermon 2019): per noise level gamma, alpha and beta.
 
@@ -72,11 +104,10 @@ class CondInstanceNorm2dPlus(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_labels(y, x)
         c = self.num_features
-        rows = self.embed(y)                                    # (N, 3C) or (N, 2C)
-        # Contiguous (N, C) slices: kernels index gamma/alpha/beta as dense rows.
-        gamma = rows[:, :c].contiguous()
-        alpha = rows[:, c: 2 * c].contiguous()
-        beta = rows[:, 2 * c:].contiguous() if self.bias else None
+        # (N, 3C) or (N, 2C) rows; the op reads gamma, alpha, beta as strided views of them (no copies),
+        # and its backward hands back their gradients as one (N, K, C) buffer: the rows' gradient as is.
+        gamma, alpha, *rest = split_rows(self.embed(y), c)
+        beta = rest[0] if self.bias else None
         return cond_instance_norm_plus(x, gamma, alpha, beta, self.eps, self.activation, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -113,10 +144,9 @@ class CondInstanceNorm2d(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_labels(y, x)
         c = self.num_features
-        rows = self.embed(y)
-        gamma = rows[:, :c].contiguous()
-        beta = rows[:, c:].contiguous() if self.bias else None
-        alpha = torch.zeros_like(gamma)
+        gamma, *rest = split_rows(self.embed(y), c)   # strided views of the embedding's rows, no copies
+        beta = rest[0] if self.bias else None
+        alpha = gamma.new_zeros(()).expand(c)             # alpha = 0: one value, read with stride 0
         return cond_instance_norm_plus(x, gamma, alpha, beta, self.eps, self.activation, backend=self.backend)
 
     def extra_repr(self) -> str:

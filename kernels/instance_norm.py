@@ -11,18 +11,23 @@ Forward, two passes over x (the per-sample statistics need every channel's mean 
   1. _plane_stats: mu and rstd = 1/sqrt(var + eps) per plane: per chunk a mean refined by the mean
      of its residuals and the sum of squared residuals, merged across chunks with Chan's formula (no
      E[x^2] - E[x]^2 cancellation, and a large mean loses no precision); _merge_stats combines a
-     plane's ranges the same way when it was split.
-  2. _sample_stats (one program per sample, over (N, C) numbers only): m, v, muhat, rv = 1/sqrt(v + eps).
-  3. _apply: y = act(gamma * ((x - mu) * rstd + alpha * muhat) + beta), stored in x's dtype and layout.
-Backward, two passes over x and dy (g is recomputed from x and the saved statistics, y is not kept):
-  1. _backward_sums: per plane S1 = sum dg, S2 = sum dg * xhat, dg = dy * act'(g).
-  2. _backward_sample: per (n, c) the gradient reaching mu through muhat, and per-(n, c) parameter
-     grads: dgamma = S2 + alpha muhat S1, dalpha = gamma muhat S1, dbeta = S1 (summed over N in
-     torch for shared (C,) parameters).
-  3. _backward_apply: dx = gamma rstd (dg - S1/HW - xhat S2/HW) + dmu/HW.
+     plane's ranges the same way (in float64) when it was split.
+  2. _apply: each program first reduces the (N, C) plane means of its planes' sample(s), read
+     coalesced BLOCK_C channels at a time, to m, v and rv = 1/sqrt(v + eps) (muhat = (mu - m) rv),
+     then y = act(gamma * ((x - mu) * rstd + alpha * muhat) + beta), stored in x's dtype and layout.
+  Two launches (three with split planes); no per-sample launch.
+Backward, two passes over x and dy (g is recomputed from x and the saved statistics, y is not kept;
+m and rv again from the saved plane means, in the programs that use them):
+  1. _backward_sums: per plane and position range S1 = sum dg, S2 = sum dg * xhat, dg = dy * act'(g).
+  2. _backward_apply: each program sums its planes' ranges, reduces its sample(s) over C to the
+     gradient reaching mu through muhat, and stores dx = gamma rstd (dg - S1/HW - xhat S2/HW) + dmu/HW;
+     the programs of the first position block also store the per-(n, c) parameter grads
+     dgamma = S2 + alpha muhat S1, dalpha = gamma muhat S1, dbeta = S1 (summed over N in torch for
+     shared (C,) parameters).
+  Two launches, whether or not the planes are split.
 When a whole sample fits one program (next_pow2(C) * next_pow2(H*W) <= SAMPLE_TILE, the common case
 for NCSN feature maps), _fused_forward and _fused_backward do all of the above in one program per
-sample: one read of x (and dy), one write, one launch. The split kernels serve larger samples.
+sample: one read of x (and dy), one write, one launch each way. The split kernels serve larger samples.
 All arithmetic and statistics are float32 whatever the storage dtype.
 """
 from __future__ import annotations
@@ -61,9 +66,10 @@ def _tile(pid_p, pid_hw, P, C, HW, stride_n, stride_c, stride_hw,
 
 
 @triton.jit
-def _param(ptr, p, C, per_sample_stride, mask):
-    """gamma/alpha/beta of planes p as float32: (N, C) rows when per_sample_stride = C, (C,) when 0."""
-    return tl.load(ptr + (p // C) * per_sample_stride + p % C, mask=mask, other=0.0).to(tl.float32)
+def _param(ptr, p, C, row_stride, col_stride, mask):
+    """gamma/alpha/beta of planes p as float32, read in place through their strides: (N, C) views of
+    any layout (embedding slices, transposes, expansions), or (C,) with row_stride 0."""
+    return tl.load(ptr + (p // C) * row_stride + (p % C) * col_stride, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -87,17 +93,19 @@ def _activation_slope(g, ACT: tl.constexpr):
 
 
 @triton.jit
-def _plane_coefficients(p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                        gamma_stride, alpha_stride, beta_stride, HAS_BETA: tl.constexpr):
-    """Per-plane mu, rstd, gamma, and b = gamma * alpha * muhat + beta: g = gamma * xhat + b."""
+def _plane_coefficients(p, pmask, C, mu_ptr, rstd_ptr, m, rv, muhat_scale, gamma_ptr, alpha_ptr, beta_ptr,
+                        gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col,
+                        HAS_BETA: tl.constexpr):
+    """Per-plane mu, rstd, gamma, alpha, muhat = (mu - m) rv (m, rv: the plane's sample moments), and
+    b = gamma * alpha * muhat + beta: g = gamma * xhat + b."""
     mu = tl.load(mu_ptr + p, mask=pmask, other=0.0)
     rstd = tl.load(rstd_ptr + p, mask=pmask, other=0.0)
-    muhat = tl.load(muhat_ptr + p, mask=pmask, other=0.0)
-    gamma = _param(gamma_ptr, p, C, gamma_stride, pmask)
-    alpha = _param(alpha_ptr, p, C, alpha_stride, pmask)
+    muhat = tl.where(pmask, (mu - m) * rv * muhat_scale, 0.0)
+    gamma = _param(gamma_ptr, p, C, gamma_stride, gamma_col, pmask)
+    alpha = _param(alpha_ptr, p, C, alpha_stride, alpha_col, pmask)
     shift = gamma * alpha * muhat
     if HAS_BETA:
-        shift += _param(beta_ptr, p, C, beta_stride, pmask)
+        shift += _param(beta_ptr, p, C, beta_stride, beta_col, pmask)
     return mu, rstd, gamma, alpha, muhat, shift
 
 
@@ -180,10 +188,24 @@ def _merge_stats(part_ptr, mu_ptr, rstd_ptr, P, HW, eps, splits, split_len, BLOC
     tl.store(rstd_ptr + p, (1.0 / tl.sqrt(m2 / HW + eps)).to(tl.float32), mask=pmask)
 
 
+# ----------------------------------------------------------------------------------------------
+# Per-sample moments of the plane means, computed by the programs that need them (no launch of their own)
+
+
 @triton.jit
-def _sample_stats(mu_ptr, muhat_ptr, rv_ptr, C, inv_cm1, muhat_scale, eps, BLOCK_C: tl.constexpr):
-    """Per sample n: m = mean_c mu, v = sum_c (mu - m)^2 / (C - 1), muhat = (mu - m) rv, rv = 1/sqrt(v + eps)."""
-    n = tl.program_id(0).to(tl.int64)
+def _channel_moments(mu, cmask, C, inv_cm1, eps):
+    """m = mean_c mu and rv = 1/sqrt(v + eps), v = sum_c (mu - m)^2 / (C - 1), of one sample whose C
+    plane means are the masked vector mu. inv_cm1 = 1 / (C - 1) comes from the host (a float, never
+    specialized on); for C == 1 it is 0: v is undefined, muhat is 0 by definition (muhat_scale = 0) and
+    rv (finite) goes unused."""
+    m = tl.sum(tl.where(cmask, mu, 0.0), axis=0) / C
+    dm = tl.where(cmask, mu - m, 0.0)
+    return m, 1.0 / tl.sqrt_rn(tl.sum(dm * dm, axis=0) * inv_cm1 + eps)
+
+
+@triton.jit
+def _sample_moments(mu_ptr, n, C, inv_cm1, eps, BLOCK_C: tl.constexpr):
+    """(m, rv) of sample n from its row of the (N, C) plane means, read BLOCK_C channels at a time."""
     row = mu_ptr + n * C
     total = tl.zeros([BLOCK_C], tl.float32)
     c0 = 0
@@ -194,39 +216,55 @@ def _sample_stats(mu_ptr, muhat_ptr, rv_ptr, C, inv_cm1, muhat_scale, eps, BLOCK
     m = tl.sum(total, axis=0) / C
     sq = tl.zeros([BLOCK_C], tl.float32)
     c0 = 0
-    while c0 < C:
+    while c0 < C:  # two passes (the row is in cache), as _channel_moments: no E[mu^2] - m^2 cancellation
         c = c0 + tl.arange(0, BLOCK_C)
         d = tl.where(c < C, tl.load(row + c, mask=c < C, other=0.0) - m, 0.0)
         sq += d * d
         c0 += BLOCK_C
-    # inv_cm1 = 1 / (C - 1) and muhat_scale = 1 come from the host (floats, never specialized on);
-    # for C == 1 both are 0: v is undefined, muhat is 0 by definition and rv (finite) goes unused.
-    v = tl.sum(sq, axis=0) * inv_cm1
-    rv = 1.0 / tl.sqrt_rn(v + eps)
-    c0 = 0
-    while c0 < C:
-        c = c0 + tl.arange(0, BLOCK_C)
-        mu = tl.load(row + c, mask=c < C, other=0.0)
-        tl.store(muhat_ptr + n * C + c, (mu - m) * rv * muhat_scale, mask=c < C)
-        c0 += BLOCK_C
-    tl.store(rv_ptr + n, rv)
+    return m, 1.0 / tl.sqrt_rn(tl.sum(sq, axis=0) * inv_cm1 + eps)
 
 
 @triton.jit
-def _apply(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-           gamma_stride, alpha_stride, beta_stride, P, C, HW, stride_n, stride_c, stride_hw,
-           ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+def _sample_range(pid, P, C, BLOCK_P: tl.constexpr):
+    """First and last sample whose planes fall in plane block pid (small planes pack several samples)."""
+    first = tl.cast(pid, tl.int64) * BLOCK_P
+    return first // C, (tl.minimum(first + BLOCK_P, P) - 1) // C
+
+
+@triton.jit
+def _tile_moments(mu_ptr, p, pid, P, C, inv_cm1, eps, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(m, rv) of the sample of each plane p of plane block pid."""
+    m = tl.zeros([BLOCK_P], tl.float32)
+    rv = tl.zeros([BLOCK_P], tl.float32)
+    n, last = _sample_range(pid, P, C, BLOCK_P)
+    while n <= last:
+        m_n, rv_n = _sample_moments(mu_ptr, n, C, inv_cm1, eps, BLOCK_C)
+        mine = p // C == n
+        m = tl.where(mine, m_n, m)
+        rv = tl.where(mine, rv_n, rv)
+        n += 1
+    return m, rv
+
+
+@triton.jit
+def _apply(x_ptr, y_ptr, mu_ptr, rstd_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+           gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, P, C, HW, stride_n,
+           stride_c, stride_hw, inv_cm1, muhat_scale, eps,
+           ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr,
+           BLOCK_C: tl.constexpr):
+    """y of a tile. Each program first reduces the plane means of its planes' sample(s) to (m, rv)."""
     p, offs, mask = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, stride_n, stride_c, stride_hw,
                           BLOCK_P, BLOCK_HW)
     pmask = p < P
+    m, rv = _tile_moments(mu_ptr, p, tl.program_id(0), P, C, inv_cm1, eps, BLOCK_P, BLOCK_C)
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
-        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
+        p, pmask, C, mu_ptr, rstd_ptr, m, rv, muhat_scale, gamma_ptr, alpha_ptr, beta_ptr,
+        gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, HAS_BETA)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     xhat = (x - mu[:, None]) * rstd[:, None]
     g = gamma[:, None] * (xhat + (alpha * muhat)[:, None])
     if HAS_BETA:
-        g += _param(beta_ptr, p, C, beta_stride, pmask)[:, None]
+        g += _param(beta_ptr, p, C, beta_stride, beta_col, pmask)[:, None]
     tl.store(y_ptr + offs, _activate(g, ACT).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -247,19 +285,25 @@ def _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT: tl.conste
 
 
 @triton.jit
-def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                   gamma_stride, alpha_stride, beta_stride,
-                   s1_ptr, s2_ptr, P, C, HW, stride_n, stride_c, stride_hw, split_len,
-                   ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
+def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+                   gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col,
+                   s1_ptr, s2_ptr, P, C, HW, stride_n, stride_c, stride_hw, split_len, inv_cm1, muhat_scale, eps,
+                   ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
     """Per plane and position range (program_id(1)): S1 = sum dg and S2 = sum dg * xhat, stored at
-    [plane, range] of (P, ranges) arrays (summed over ranges by the host when there are several)."""
+    [plane, range] of (P, ranges) arrays (_backward_apply sums the ranges)."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < P
+    if ACT != 0:  # muhat enters g only through the activation's slope
+        m, rv = _tile_moments(mu_ptr, p, pid, P, C, inv_cm1, eps, BLOCK_P, BLOCK_C)
+    else:
+        m = tl.zeros([BLOCK_P], tl.float32)
+        rv = tl.zeros([BLOCK_P], tl.float32)
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
-        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
+        p, pmask, C, mu_ptr, rstd_ptr, m, rv, muhat_scale, gamma_ptr, alpha_ptr, beta_ptr,
+        gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, HAS_BETA)
     s1 = tl.zeros([BLOCK_P], tl.float32)
     s2 = tl.zeros([BLOCK_P], tl.float32)
     begin = split * split_len
@@ -278,67 +322,87 @@ def _backward_sums(x_ptr, dy_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_
 
 
 @triton.jit
-def _backward_sample(s1_ptr, s2_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, gamma_stride, alpha_stride,
-                     dmu_ptr, dgamma_ptr, dalpha_ptr, C, inv_cm1, muhat_scale, BLOCK_C: tl.constexpr):
-    """Per sample n. With D_c = dL/dmuhat_c = alpha_c gamma_c S1_c and muhat = (mu - m) rv:
-    dL/d(mu_c - m) = G_c = rv (D_c - muhat_c sum_k D_k muhat_k / (C - 1)), dL/dmu_c = G_c - mean_k G_k."""
-    n = tl.program_id(0).to(tl.int64)
-    rv = tl.load(rv_ptr + n)
-    dot = tl.zeros([BLOCK_C], tl.float32)
-    c0 = 0
-    while c0 < C:
-        c = c0 + tl.arange(0, BLOCK_C)
-        cm = c < C
-        p = n * C + c
-        d = _param(alpha_ptr, p, C, alpha_stride, cm) * _param(gamma_ptr, p, C, gamma_stride, cm) \
-            * tl.load(s1_ptr + p, mask=cm, other=0.0)
-        dot += d * tl.load(muhat_ptr + p, mask=cm, other=0.0)
-        c0 += BLOCK_C
-    proj = tl.sum(dot, axis=0) * inv_cm1
-    g_total = tl.zeros([BLOCK_C], tl.float32)
-    c0 = 0
-    while c0 < C:
-        c = c0 + tl.arange(0, BLOCK_C)
-        cm = c < C
-        p = n * C + c
-        d = _param(alpha_ptr, p, C, alpha_stride, cm) * _param(gamma_ptr, p, C, gamma_stride, cm) \
-            * tl.load(s1_ptr + p, mask=cm, other=0.0)
-        g_total += tl.where(cm, rv * (d - tl.load(muhat_ptr + p, mask=cm, other=0.0) * proj), 0.0)
-        c0 += BLOCK_C
-    g_mean = tl.sum(g_total, axis=0) / C
-    c0 = 0
-    while c0 < C:
-        c = c0 + tl.arange(0, BLOCK_C)
-        cm = c < C
-        p = n * C + c
-        gamma = _param(gamma_ptr, p, C, gamma_stride, cm)
-        alpha = _param(alpha_ptr, p, C, alpha_stride, cm)
-        s1 = tl.load(s1_ptr + p, mask=cm, other=0.0)
-        s2 = tl.load(s2_ptr + p, mask=cm, other=0.0)
-        muhat = tl.load(muhat_ptr + p, mask=cm, other=0.0)
-        tl.store(dmu_ptr + p, (rv * (alpha * gamma * s1 - muhat * proj) - g_mean) * muhat_scale, mask=cm)
-        tl.store(dgamma_ptr + p, s2 + alpha * muhat * s1, mask=cm)
-        tl.store(dalpha_ptr + p, gamma * muhat * s1, mask=cm)
-        c0 += BLOCK_C
+def _plane_sums(s_ptr, p, pmask, splits):
+    """S of planes p summed over their `splits` position ranges ((P, splits) array)."""
+    total = tl.load(s_ptr + p * splits, mask=pmask, other=0.0)
+    split = 1
+    while split < splits:
+        total += tl.load(s_ptr + p * splits + split, mask=pmask, other=0.0)
+        split += 1
+    return total
 
 
 @triton.jit
-def _backward_apply(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                    gamma_stride, alpha_stride, beta_stride, s1_ptr, s2_ptr, dmu_ptr,
-                    P, C, HW, stride_n, stride_c, stride_hw,
-                    ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr):
-    p, offs, mask = _tile(tl.program_id(0), tl.program_id(1), P, C, HW, stride_n, stride_c, stride_hw,
-                          BLOCK_P, BLOCK_HW)
+def _sample_dmu_terms(mu_ptr, s1_ptr, gamma_ptr, alpha_ptr, gamma_stride, alpha_stride, gamma_col, alpha_col,
+                      n, C, splits, m, rv, inv_cm1, muhat_scale, BLOCK_C: tl.constexpr):
+    """The sums over the C channels of sample n that dL/dmu needs (see _backward_apply): with
+    D_c = alpha_c gamma_c S1_c, proj = sum_c D_c muhat_c / (C - 1) and mean_c G_c, where
+    G_c = rv (D_c - muhat_c proj), so sum_c G_c = rv (sum_c D_c - proj sum_c muhat_c)."""
+    dot = tl.zeros([BLOCK_C], tl.float32)
+    d_total = tl.zeros([BLOCK_C], tl.float32)
+    muhat_total = tl.zeros([BLOCK_C], tl.float32)
+    c0 = 0
+    while c0 < C:
+        c = c0 + tl.arange(0, BLOCK_C)
+        cm = c < C
+        p = n * C + c
+        muhat = tl.where(cm, (tl.load(mu_ptr + p, mask=cm, other=0.0) - m) * rv * muhat_scale, 0.0)
+        d = _param(alpha_ptr, p, C, alpha_stride, alpha_col, cm) \
+            * _param(gamma_ptr, p, C, gamma_stride, gamma_col, cm) * _plane_sums(s1_ptr, p, cm, splits)
+        dot += d * muhat
+        d_total += d
+        muhat_total += muhat
+        c0 += BLOCK_C
+    proj = tl.sum(dot, axis=0) * inv_cm1
+    return proj, rv * (tl.sum(d_total, axis=0) - proj * tl.sum(muhat_total, axis=0)) / C
+
+
+@triton.jit
+def _backward_apply(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+                    gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, s1_ptr, s2_ptr,
+                    dgamma_ptr, dalpha_ptr, dbeta_ptr, grad_ld, P, C, HW, stride_n, stride_c, stride_hw, splits,
+                    inv_cm1, muhat_scale, eps,
+                    ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_HW: tl.constexpr,
+                    BLOCK_C: tl.constexpr):
+    """dx of a tile. Each program reduces its planes' sample(s) over C first: (m, rv) from the plane
+    means, then, with D_c = dL/dmuhat_c = alpha_c gamma_c S1_c and muhat = (mu - m) rv,
+    dL/d(mu_c - m) = G_c = rv (D_c - muhat_c sum_k D_k muhat_k / (C - 1)), dL/dmu_c = G_c - mean_k G_k.
+    The programs of the first position block (program_id(1) == 0) also store the parameter grads of
+    their planes: dgamma = S2 + alpha muhat S1, dalpha = gamma muhat S1, dbeta = S1."""
+    pid = tl.program_id(0)
+    p, offs, mask = _tile(pid, tl.program_id(1), P, C, HW, stride_n, stride_c, stride_hw, BLOCK_P, BLOCK_HW)
     pmask = p < P
+    m = tl.zeros([BLOCK_P], tl.float32)
+    rv = tl.zeros([BLOCK_P], tl.float32)
+    proj = tl.zeros([BLOCK_P], tl.float32)
+    g_mean = tl.zeros([BLOCK_P], tl.float32)
+    n, last = _sample_range(pid, P, C, BLOCK_P)
+    while n <= last:
+        m_n, rv_n = _sample_moments(mu_ptr, n, C, inv_cm1, eps, BLOCK_C)
+        proj_n, g_mean_n = _sample_dmu_terms(mu_ptr, s1_ptr, gamma_ptr, alpha_ptr, gamma_stride, alpha_stride,
+                                             gamma_col, alpha_col, n, C, splits, m_n, rv_n, inv_cm1, muhat_scale,
+                                             BLOCK_C)
+        mine = p // C == n
+        m = tl.where(mine, m_n, m)
+        rv = tl.where(mine, rv_n, rv)
+        proj = tl.where(mine, proj_n, proj)
+        g_mean = tl.where(mine, g_mean_n, g_mean)
+        n += 1
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
-        p, pmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
-    s1 = tl.load(s1_ptr + p, mask=pmask, other=0.0) / HW
-    s2 = tl.load(s2_ptr + p, mask=pmask, other=0.0) / HW
-    dmu = tl.load(dmu_ptr + p, mask=pmask, other=0.0) / HW
+        p, pmask, C, mu_ptr, rstd_ptr, m, rv, muhat_scale, gamma_ptr, alpha_ptr, beta_ptr,
+        gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, HAS_BETA)
+    s1 = _plane_sums(s1_ptr, p, pmask, splits)
+    s2 = _plane_sums(s2_ptr, p, pmask, splits)
+    dmu = (rv * (alpha * gamma * s1 - muhat * proj) - g_mean) * muhat_scale
     xhat, dg = _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT)
-    dx = (gamma * rstd)[:, None] * (dg - s1[:, None] - xhat * s2[:, None]) + dmu[:, None]
+    dx = (gamma * rstd)[:, None] * (dg - (s1 / HW)[:, None] - xhat * (s2 / HW)[:, None]) + (dmu / HW)[:, None]
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    first = pmask & (tl.program_id(1) == 0)
+    g = (p // C) * grad_ld + p % C  # the planes' places in the (N, K, C) parameter-gradient buffer
+    tl.store(dgamma_ptr + g, s2 + alpha * muhat * s1, mask=first)
+    tl.store(dalpha_ptr + g, gamma * muhat * s1, mask=first)
+    if HAS_BETA:
+        tl.store(dbeta_ptr + g, s1, mask=first)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,8 +420,9 @@ def _sample_tile(C, HW, stride_n, stride_c, stride_hw, BLOCK_C: tl.constexpr, BL
 
 
 @triton.jit
-def _fused_forward(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                   gamma_stride, alpha_stride, beta_stride, C, HW, stride_n, stride_c, stride_hw,
+def _fused_forward(x_ptr, y_ptr, mu_ptr, rstd_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+                   gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, C, HW, stride_n,
+                   stride_c, stride_hw,
                    inv_cm1, muhat_scale, eps,
                    ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """Sample n in one read of x: plane statistics, channel statistics, normalise, affine, act, store."""
@@ -366,47 +431,47 @@ def _fused_forward(x_ptr, y_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, gamma_ptr,
     mu, m2 = _chunk_stats(x, mask, HW)
     d = tl.where(mask, x - mu[:, None], 0.0)
     rstd = 1.0 / tl.sqrt_rn(m2 / HW + eps)
-    m = tl.sum(tl.where(cmask, mu, 0.0), axis=0) / C
-    dm = tl.where(cmask, mu - m, 0.0)
-    rv = 1.0 / tl.sqrt_rn(tl.sum(dm * dm, axis=0) * inv_cm1 + eps)
-    muhat = dm * rv * muhat_scale
+    m, rv = _channel_moments(mu, cmask, C, inv_cm1, eps)
+    muhat = tl.where(cmask, mu - m, 0.0) * rv * muhat_scale
     p = n * C + c
-    gamma = _param(gamma_ptr, p, C, gamma_stride, cmask)
-    alpha = _param(alpha_ptr, p, C, alpha_stride, cmask)
+    gamma = _param(gamma_ptr, p, C, gamma_stride, gamma_col, cmask)
+    alpha = _param(alpha_ptr, p, C, alpha_stride, alpha_col, cmask)
     g = gamma[:, None] * (d * rstd[:, None] + (alpha * muhat)[:, None])
     if HAS_BETA:
-        g += _param(beta_ptr, p, C, beta_stride, cmask)[:, None]
+        g += _param(beta_ptr, p, C, beta_stride, beta_col, cmask)[:, None]
     tl.store(y_ptr + offs, _activate(g, ACT).to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mu_ptr + p, mu, mask=cmask)
     tl.store(rstd_ptr + p, rstd, mask=cmask)
-    tl.store(muhat_ptr + p, muhat, mask=cmask)
-    tl.store(rv_ptr + n, rv)
 
 
 @triton.jit
-def _fused_backward(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, muhat_ptr, rv_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-                    gamma_stride, alpha_stride, beta_stride, s1_ptr, dgamma_ptr, dalpha_ptr,
-                    C, HW, stride_n, stride_c, stride_hw, inv_cm1, muhat_scale,
+def _fused_backward(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, gamma_ptr, alpha_ptr, beta_ptr,
+                    gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col,
+                    dgamma_ptr, dalpha_ptr, dbeta_ptr,
+                    grad_ld, C, HW, stride_n, stride_c, stride_hw, inv_cm1, muhat_scale, eps,
                     ACT: tl.constexpr, HAS_BETA: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """Sample n in one read of x and dy: the three backward stages of the split kernels in registers."""
+    """Sample n in one read of x and dy: (m, rv) from the saved plane means as the forward computed them,
+    then the backward stages of the split kernels in registers."""
     n, c, cmask, offs, mask = _sample_tile(C, HW, stride_n, stride_c, stride_hw, BLOCK_C, BLOCK_HW)
     p = n * C + c
+    m, rv = _channel_moments(tl.load(mu_ptr + p, mask=cmask, other=0.0), cmask, C, inv_cm1, eps)
     mu, rstd, gamma, alpha, muhat, shift = _plane_coefficients(
-        p, cmask, C, mu_ptr, rstd_ptr, muhat_ptr, gamma_ptr, alpha_ptr, beta_ptr,
-        gamma_stride, alpha_stride, beta_stride, HAS_BETA)
+        p, cmask, C, mu_ptr, rstd_ptr, m, rv, muhat_scale, gamma_ptr, alpha_ptr, beta_ptr,
+        gamma_stride, alpha_stride, beta_stride, gamma_col, alpha_col, beta_col, HAS_BETA)
     xhat, dg = _recompute(x_ptr, dy_ptr, offs, mask, mu, rstd, gamma, shift, ACT)
     s1 = tl.sum(dg, axis=1)
     s2 = tl.sum(dg * xhat, axis=1)
-    rv = tl.load(rv_ptr + n)
     dmuhat = alpha * gamma * s1
     proj = tl.sum(dmuhat * muhat, axis=0) * inv_cm1
     g_c = tl.where(cmask, rv * (dmuhat - muhat * proj), 0.0)
     dmu = (g_c - tl.sum(g_c, axis=0) / C) * muhat_scale
     dx = (gamma * rstd)[:, None] * (dg - (s1 / HW)[:, None] - xhat * (s2 / HW)[:, None]) + (dmu / HW)[:, None]
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-    tl.store(s1_ptr + p, s1, mask=cmask)
-    tl.store(dgamma_ptr + p, s2 + alpha * muhat * s1, mask=cmask)
-    tl.store(dalpha_ptr + p, gamma * muhat * s1, mask=cmask)
+    g = n * grad_ld + c  # the sample's row of the (N, K, C) parameter-gradient buffer
+    tl.store(dgamma_ptr + g, s2 + alpha * muhat * s1, mask=cmask)
+    tl.store(dalpha_ptr + g, gamma * muhat * s1, mask=cmask)
+    if HAS_BETA:
+        tl.store(dbeta_ptr + g, s1, mask=cmask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,6 +502,11 @@ def _sample_blocks(c: int, hw: int) -> tuple[int, int] | None:
     return (block_c, block_hw) if block_c * block_hw <= SAMPLE_TILE else None
 
 
+def _sample_block_c(c: int) -> int:
+    """BLOCK_C of the loops over a sample's channels in the split kernels."""
+    return min(SAMPLE_BLOCK_C, int(triton.next_power_of_2(c)))
+
+
 def _splits(p: int, hw: int, block_p: int, block_hw: int) -> tuple[int, int]:
     """(ranges, positions per range) for the statistics/backward-sum kernels: a plane's positions are
     split into ranges (programs) when there are too few plane blocks to fill TARGET_PROGRAMS."""
@@ -456,13 +526,15 @@ def _channel_constants(c: int) -> tuple[float, float]:
     return (1.0 / (c - 1), 1.0) if c > 1 else (0.0, 0.0)
 
 
-def _params(gamma: Tensor, alpha: Tensor, beta: Tensor | None,
-            c: int) -> tuple[Tensor, Tensor, Tensor, int, int, int]:
-    """Kernel arguments (gamma, alpha, beta, their row strides): each may be (N, C) (stride C) or (C,)
-    (stride 0, shared by every sample) independently; a missing beta is replaced by gamma, unread."""
+def _params(gamma: Tensor, alpha: Tensor, beta: Tensor | None) -> tuple[Tensor, Tensor, Tensor, int, int, int,
+                                                                         int, int, int]:
+    """Kernel arguments (gamma, alpha, beta, their row strides, their column strides): each may be (N, C)
+    with any strides or (C,) (row stride 0, shared by every sample) independently, read in place; a
+    missing beta is replaced by gamma, unread."""
     beta = beta if beta is not None else gamma
-    gamma_stride, alpha_stride, beta_stride = (c if t.dim() == 2 else 0 for t in (gamma, alpha, beta))
-    return gamma, alpha, beta, gamma_stride, alpha_stride, beta_stride
+    (gr, ar, br), (gc, ac, bc) = ((t.stride(0) if t.dim() == 2 else 0 for t in (gamma, alpha, beta)),
+                                  (t.stride(-1) for t in (gamma, alpha, beta)))
+    return gamma, alpha, beta, gr, ar, br, gc, ac, bc
 
 
 class _Float32(TypedDict):
@@ -477,17 +549,16 @@ def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, e
     n = x.shape[0]
     p, c, hw, strides = _geometry(x)
     f32 = _Float32(device=x.device, dtype=torch.float32)
-    mu, rstd, muhat = (torch.empty(n, c, **f32) for _ in range(3))
-    rv = torch.empty(n, **f32)
+    mu, rstd = (torch.empty(n, c, **f32) for _ in range(2))
     y = torch.empty_like(x)
-    params = _params(gamma.contiguous(), alpha.contiguous(), beta.contiguous() if beta is not None else None, c)
+    params = _params(gamma, alpha, beta)
     has_beta = beta is not None
     sample_blocks = _sample_blocks(c, hw)
-    if sample_blocks is not None:
-        _fused_forward[(n,)](x, y, mu, rstd, muhat, rv, *params, c, hw, *strides, *_channel_constants(c), eps,
+    if sample_blocks is not None:  # one launch
+        _fused_forward[(n,)](x, y, mu, rstd, *params, c, hw, *strides, *_channel_constants(c), eps,
                              ACT=activation, HAS_BETA=has_beta, BLOCK_C=sample_blocks[0], BLOCK_HW=sample_blocks[1],
                              num_warps=_warps(*sample_blocks))
-    else:
+    else:  # two launches, three when the planes are split into ranges
         block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
         warps = _warps(block_p, block_hw)
         splits, split_len = _splits(p, hw, block_p, block_hw)
@@ -497,11 +568,10 @@ def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, e
                                                         num_warps=warps)
         if splits > 1:
             _merge_stats[(triton.cdiv(p, 128),)](part, mu, rstd, p, hw, eps, splits, split_len, BLOCK_P=128)
-        _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps,
-                            BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
+        # Each _apply program reduces its sample's plane means to (m, rv) itself: no per-sample launch.
         _apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
-            x, y, mu, rstd, muhat, *params, p, c, hw, *strides, ACT=activation,
-            HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
+            x, y, mu, rstd, *params, p, c, hw, *strides, *_channel_constants(c), eps, ACT=activation,
+            HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw, BLOCK_C=_sample_block_c(c), num_warps=warps)
     dtype = acc_dtype(x)  # the kernels compute in float32; the contract hands over acc
     return y, mu.to(dtype), rstd.to(dtype)
 
@@ -513,32 +583,32 @@ def norm_backward(dy: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Ten
     p, c, hw, strides = _geometry(x)
     f32 = _Float32(device=x.device, dtype=torch.float32)
     mu, rstd = mean.to(torch.float32).contiguous(), rstd.to(torch.float32).contiguous()
-    # muhat and 1/sqrt(v + eps) again from the plane means: (N, C) numbers, one small launch.
-    muhat, rv = torch.empty(n, c, **f32), torch.empty(n, **f32)
-    _sample_stats[(n,)](mu, muhat, rv, c, *_channel_constants(c), eps,
-                        BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
-    s1, dgamma, dalpha = torch.empty(n, c, **f32), torch.empty(n, c, **f32), torch.empty(n, c, **f32)
+    # The parameter grads as rows of one (N, K, C) buffer (protocol.py): dgamma, dalpha, dbeta (= S1).
+    dparams = torch.empty(n, 3 if beta is not None else 2, c, **f32)
+    dgamma, dalpha = dparams[:, 0], dparams[:, 1]
+    dbeta = dparams[:, 2] if beta is not None else dgamma  # unwritten without beta
     dx = torch.empty_like(x)
-    params = _params(gamma.contiguous(), alpha.contiguous(), beta.contiguous() if beta is not None else None, c)
+    params = _params(gamma, alpha, beta)
     has_beta = beta is not None
     sample_blocks = _sample_blocks(c, hw)
-    if sample_blocks is not None:
-        _fused_backward[(n,)](x, dy, dx, mu, rstd, muhat, rv, *params, s1, dgamma, dalpha, c, hw, *strides,
-                              *_channel_constants(c), ACT=activation, HAS_BETA=has_beta, BLOCK_C=sample_blocks[0],
-                              BLOCK_HW=sample_blocks[1], num_warps=_warps(*sample_blocks))
-    else:
-        dmu = torch.empty(n, c, **f32)
+    # muhat and 1/sqrt(v + eps) are recomputed from the plane means inside the kernels that use them.
+    if sample_blocks is not None:  # one launch
+        _fused_backward[(n,)](x, dy, dx, mu, rstd, *params, dgamma, dalpha, dbeta, dgamma.stride(0), c, hw,
+                              *strides, *_channel_constants(c), eps, ACT=activation, HAS_BETA=has_beta,
+                              BLOCK_C=sample_blocks[0], BLOCK_HW=sample_blocks[1], num_warps=_warps(*sample_blocks))
+    else:  # two launches: per-range sums; dx with the per-sample sums over C and the parameter grads
         block_p, block_hw = _blocks(p, c, hw, _common.layout(x) == "channels_last")
         warps = _warps(block_p, block_hw)
-        common = dict(ACT=activation, HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw, num_warps=warps)
         splits, split_len = _splits(p, hw, block_p, block_hw)
-        s1_parts, s2_parts = (torch.empty(n, c, splits, **f32) for _ in range(2))
-        _backward_sums[(triton.cdiv(p, block_p), splits)](x, dy, mu, rstd, muhat, *params, s1_parts, s2_parts,
-                                                          p, c, hw, *strides, split_len, **common)
-        s1, s2 = (t.sum(2) if splits > 1 else t.squeeze(2) for t in (s1_parts, s2_parts))
-        _backward_sample[(n,)](s1, s2, muhat, rv, *params[:2], *params[3:5], dmu, dgamma, dalpha, c,
-                               *_channel_constants(c), BLOCK_C=min(SAMPLE_BLOCK_C, triton.next_power_of_2(c)))
+        common = dict(ACT=activation, HAS_BETA=has_beta, BLOCK_P=block_p, BLOCK_HW=block_hw,
+                      BLOCK_C=_sample_block_c(c), num_warps=warps)
+        s1_parts, s2_parts = (torch.empty(p, splits, **f32) for _ in range(2))
+        _backward_sums[(triton.cdiv(p, block_p), splits)](x, dy, mu, rstd, *params, s1_parts, s2_parts,
+                                                          p, c, hw, *strides, split_len, *_channel_constants(c), eps,
+                                                          **common)
         _backward_apply[(triton.cdiv(p, block_p), triton.cdiv(hw, block_hw))](
-            x, dy, dx, mu, rstd, muhat, *params, s1, s2, dmu, p, c, hw, *strides, **common)
+            x, dy, dx, mu, rstd, *params, s1_parts, s2_parts, dgamma, dalpha, dbeta, dgamma.stride(0), p, c, hw,
+            *strides, splits, *_channel_constants(c), eps, **common)
     dtype = acc_dtype(x)  # the kernels compute in float32; the contract hands over acc
-    return dx, dgamma.to(dtype), dalpha.to(dtype), s1.to(dtype) if has_beta else None
+    dparams = dparams.to(dtype)
+    return dx, dparams[:, 0], dparams[:, 1], dparams[:, 2] if has_beta else None

@@ -12,7 +12,6 @@ import sys
 
 import pytest
 
-import fastscore
 from fastscore.backend import dispatch
 
 
@@ -69,9 +68,10 @@ def _compile_all() -> list[str]:
         tile = dict(BLOCK_P=blocks[0], BLOCK_HW=blocks[1])
         kinds = dict(tile, ACT=act, HAS_BETA=act == 1)
         build(instance_norm._plane_stats, dict(tile, SPLIT=act == 1))
-        build(instance_norm._apply, kinds)
-        build(instance_norm._backward_sums, kinds)
-        build(instance_norm._backward_apply, kinds)
+        for block_c in (1024, 16):  # the loops over a sample's channels: one step per pass, or several
+            build(instance_norm._apply, dict(kinds, BLOCK_C=block_c))
+            build(instance_norm._backward_sums, dict(kinds, BLOCK_C=block_c))
+            build(instance_norm._backward_apply, dict(kinds, BLOCK_C=block_c))
     for act, blocks in ((1, (8, 1024)), (0, (64, 1))):
         kinds = dict(ACT=act, HAS_BETA=act == 1, BLOCK_C=blocks[0], BLOCK_HW=blocks[1])
         build(instance_norm._fused_forward, kinds)
@@ -81,9 +81,10 @@ def _compile_all() -> list[str]:
     norm_ones = ("C", "HW", "stride_hw", "gamma_stride")
     build(instance_norm._plane_stats, dict(SPLIT=False, BLOCK_P=64, BLOCK_HW=1), ones=("C", "HW", "stride_hw"))
     build(instance_norm._merge_stats, dict(BLOCK_P=128))
-    build(instance_norm._backward_apply, dict(ACT=1, HAS_BETA=False, BLOCK_P=64, BLOCK_HW=1), ones=norm_ones)
-    build(instance_norm._sample_stats, dict(BLOCK_C=1), ones=("C",))
-    build(instance_norm._backward_sample, dict(BLOCK_C=1), ones=("C", "gamma_stride"))
+    build(instance_norm._backward_apply, dict(ACT=1, HAS_BETA=False, BLOCK_P=64, BLOCK_HW=1, BLOCK_C=1),
+          ones=norm_ones)
+    build(instance_norm._apply, dict(ACT=0, HAS_BETA=False, BLOCK_P=64, BLOCK_HW=1, BLOCK_C=1), ones=("C",))
+    build(instance_norm._backward_sums, dict(ACT=2, HAS_BETA=True, BLOCK_P=64, BLOCK_HW=1, BLOCK_C=1), ones=("C",))
     return failures
 
 
@@ -104,9 +105,10 @@ def _cuda_backend_reason() -> str | None:
 @pytest.mark.skipif(_cuda_backend_reason() is not None, reason=str(_cuda_backend_reason()))
 def test_every_kernel_compiles_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    # The subprocess must import the fastscore under test (this checkout), not another one installed.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastscore.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    # The script's own directory (tests/) heads the child's sys.path, not the checkout: put the checkout
+    # first, or the child compiles whichever fastscore is installed (another checkout's kernels).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-6000:]
 

@@ -137,6 +137,35 @@ def test_norm_small_planes_packed_across_samples(k, device, channels_last, monke
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", ["packed", "ranges", "one-channel"])
+def test_norm_split_kernels_loop_over_channels(k, device, channels_last, case, monkeypatch):
+    """The split kernels reduce each sample's C plane means in the programs that use them: a BLOCK_C
+    smaller than C makes those loops step several times, in tiles whose planes span samples (packed),
+    with planes split into position ranges the backward sums itself (ranges), and with C = 1."""
+    nm = k.instance_norm
+    monkeypatch.setattr(nm, "SAMPLE_TILE", 0)
+    monkeypatch.setattr(nm, "SAMPLE_BLOCK_C", 2)
+    monkeypatch.setattr(nm, "CHANNELS_LAST_PLANES", 4)
+    shape, tile = {"packed": ((3, 5, 3, 3), 64), "ranges": ((2, 5, 9, 7), 16),
+                   "one-channel": ((3, 1, 5, 5), 64)}[case]
+    monkeypatch.setattr(nm, "TILE", tile)
+    p, c, hw = shape[0] * shape[1], shape[1], shape[2] * shape[3]
+    block_p, block_hw = nm._blocks(p, c, hw, channels_last)
+    monkeypatch.setattr(nm, "TARGET_PROGRAMS", 2 * -(-p // block_p) if case == "ranges" else 1)
+    assert (nm._splits(p, hw, block_p, block_hw)[0] > 1) == (case == "ranges")
+    if case != "ranges":
+        assert any(i * block_p // c != (min(i * block_p + block_p, p) - 1) // c for i in range(-(-p // block_p))), \
+            "some tile must span samples"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(8)
+    x = rand(shape, device, scale=2.0, shift=0.5, fmt=fmt)
+    check_norm(x, rand((shape[0], c), device, shift=1.0), rand((c,), device), rand((shape[0], c), device), "elu",
+               f"{case} {shape}")
+    check_norm(x, rand((c,), device, shift=1.0), rand((shape[0], c), device), None, None, f"{case} {shape} no beta")
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("split", [False, True], ids=["one-pass", "split"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 def test_norm_one_pass_and_split_paths(k, device, split, channels_last, monkeypatch):

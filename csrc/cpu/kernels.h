@@ -33,14 +33,15 @@ struct Shape {
   bool channels_last;
 };
 
-// gamma, alpha and beta (null when absent), in the arithmetic dtype, each (N, C) or (C,): a
-// parameter's row for sample n is data + n * stride, stride C for (N, C) and 0 for (C,).
+// gamma, alpha and beta (null when absent), in the arithmetic dtype, each (N, C) or (C,), any strides:
+// a parameter's value for (n, c) is data[n * stride + c * col_stride], stride 0 for (C,).
 template <typename acc_t>
 struct NormParams {
   const acc_t* gamma;
   const acc_t* alpha;
   const acc_t* beta;
   int64_t gamma_stride, alpha_stride, beta_stride;
+  int64_t gamma_col, alpha_col, beta_col;
 };
 
 template <typename scalar_t>
@@ -70,8 +71,10 @@ struct NormBackwardArgs {
   const acc_t* mean;   // (N, C): the forward's statistics
   const acc_t* rstd;
   acc_t *scale, *shift, *S1, *S2, *c1, *c2, *c3;  // (N, C) scratch
-  acc_t *dgamma, *dalpha, *dbeta;                 // (N, C) outputs: per-sample parameter grads; dbeta null
-                                                  // when there is no beta
+  acc_t *dgamma, *dalpha, *dbeta;                 // (N, C) outputs: per-sample parameter grads, row n at
+                                                  // + n * grad_ld (rows of one (N, 2 or 3, C) buffer);
+                                                  // dbeta null when there is no beta
+  int64_t grad_ld;
   NormParams<acc_t> params;
 };
 

@@ -163,7 +163,8 @@ void norm_backward(const NormBackwardArgs<scalar_t>& a) {
         for (int64_t p = o; p < o + C; ++p)
           plane_backward_sums(xp + p * s.HW, dyp + p * s.HW, s.HW, sc[p], mu[p], sh[p], rs[p], act, s1 + p, s2 + p,
                               dpre.data() + (p - o) * s.HW);
-        backward_coeffs(mu + o, rs + o, s1 + o, s2 + o, C, s.HW, eps, params, dg + o, da + o, db ? db + o : nullptr,
+        const int64_t g = n * a.grad_ld;
+        backward_coeffs(mu + o, rs + o, s1 + o, s2 + o, C, s.HW, eps, params, dg + g, da + g, db ? db + g : nullptr,
                         k1 + o, k2 + o, k3 + o);
         for (int64_t p = o; p < o + C; ++p)
           plane_dx_from_dpre(xp + p * s.HW, dpre.data() + (p - o) * s.HW, dxp + p * s.HW, s.HW, mu[p], rs[p], k1[p],
@@ -191,9 +192,9 @@ void norm_backward(const NormBackwardArgs<scalar_t>& a) {
   }
   at::parallel_for(0, N, 16, [&](int64_t nb, int64_t ne) {
     for (int64_t n = nb; n < ne; ++n) {
-      const int64_t o = n * C;
-      backward_coeffs(mu + o, rs + o, s1 + o, s2 + o, C, s.HW, eps, sample_params(a.params, n), dg + o, da + o,
-                      db ? db + o : nullptr, k1 + o, k2 + o, k3 + o);
+      const int64_t o = n * C, g = n * a.grad_ld;
+      backward_coeffs(mu + o, rs + o, s1 + o, s2 + o, C, s.HW, eps, sample_params(a.params, n), dg + g, da + g,
+                      db ? db + g : nullptr, k1 + o, k2 + o, k3 + o);
     }
   });
   if (!s.channels_last) {

@@ -22,7 +22,8 @@ constexpr int64_t kChannelBlock = 64;  // channels per channels_last statistics 
 
 template <typename acc_t>
 SampleParams<acc_t> sample_params(const NormParams<acc_t>& p, int64_t n) {
-  return {p.gamma + n * p.gamma_stride, p.alpha + n * p.alpha_stride, p.beta ? p.beta + n * p.beta_stride : nullptr};
+  return {p.gamma + n * p.gamma_stride, p.alpha + n * p.alpha_stride, p.beta ? p.beta + n * p.beta_stride : nullptr,
+          p.gamma_col, p.alpha_col, p.beta_col};
 }
 
 // NCHW with at least one sample per thread and a sample small enough for L2 (x and dy in the backward):

@@ -1,8 +1,13 @@
 // CUDA kernels of norm_forward and norm_backward (CondInstanceNorm++), NCHW and channels_last.
 //
-// forward:  stats (one block per NCHW plane, or per (n, 32 channels) for channels_last)
-//           -> coeffs (one thread per sample, ../norm_math.h) -> apply (16-byte packs over all of x)
-// backward: coeffs -> plane sums S1, S2 (same blocking as stats) -> backward coeffs -> dx (packs)
+// forward:  stats (one block per NCHW plane, or per (n, 32 channels) for channels_last; the last block
+//           of each sample to finish computes that sample's coefficients, block-wide, ../norm_math.h)
+//           -> apply (16-byte packs over all of x)
+// backward: coeffs (one block per sample) -> plane sums S1, S2 (same blocking as stats; the last block
+//           of each sample computes its backward coefficients and parameter grads) -> dx (packs)
+// The sums over C of a sample's per-channel values run over all threads of a block, reading along C
+// (coalesced); "last block" is counted per sample with an atomic on a zeroed (N,) int32 buffer.
+// gamma, alpha, beta are read in place through their row and column strides (any views).
 // Statistics and all arithmetic in float32 (float64 for float64 x); everything on the current stream.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -63,12 +68,132 @@ __device__ __forceinline__ void store_run(scalar_t* p, int64_t i0, const at::opm
   }
 }
 
+// ---- per-sample (cross-channel) coefficients, one block per sample ------------------------------
+
+// gamma, alpha, beta (beta may be null) in the arithmetic dtype, by row and column strides.
+template <typename acc_t>
+struct ParamView {
+  const acc_t* gamma;
+  const acc_t* alpha;
+  const acc_t* beta;
+  int64_t g_row, a_row, b_row, g_col, a_col, b_col;
+  __device__ __forceinline__ SampleParams<acc_t> at(int64_t n) const {
+    return {gamma + n * g_row, alpha + n * a_row, beta ? beta + n * b_row : nullptr, g_col, a_col, b_col};
+  }
+};
+
+// Sum over all threads of a block of any shape (at most 1024 threads, a multiple of 32); every
+// thread gets the total. All threads of the block must call it.
+template <typename T>
+__device__ __forceinline__ T sample_block_sum(T v) {
+  __shared__ T partial[32];
+  __shared__ T total;
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x, nt = blockDim.x * blockDim.y;
+  v = warp_sum(v);
+  __syncthreads();  // partial/total may still be read by a previous call
+  if (tid % 32 == 0) partial[tid / 32] = v;
+  __syncthreads();
+  if (tid < 32) {
+    T w = tid < nt / 32 ? partial[tid] : T(0);
+    w = warp_sum(w);
+    if (tid == 0) total = w;
+  }
+  __syncthreads();
+  return total;
+}
+
+// m and s of sample n's C plane means, summed over the block along C. mu is read through L2 (__ldcg):
+// other blocks of this launch may have written it.
+template <typename acc_t>
+__device__ __forceinline__ CrossChannel<acc_t> block_cross_channel(const acc_t* __restrict__ mu, int64_t C,
+                                                                   double eps) {
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x, nt = blockDim.x * blockDim.y;
+  acc_t sum = 0;
+  for (int64_t c = tid; c < C; c += nt) sum += __ldcg(mu + c);
+  const acc_t m = sample_block_sum(sum) / static_cast<acc_t>(C);
+  acc_t ss = 0;
+  for (int64_t c = tid; c < C; c += nt) {
+    const acc_t d = __ldcg(mu + c) - m;
+    ss += d * d;
+  }
+  return {m, cross_channel_scale(sample_block_sum(ss), C, eps)};
+}
+
+// scale and shift of sample n, block-wide. mu, rstd, scale, shift point at the sample's row.
+template <typename acc_t>
+__device__ __forceinline__ void block_forward_coeffs(const acc_t* __restrict__ mu, const acc_t* __restrict__ rstd,
+                                                     int64_t C, double eps, const SampleParams<acc_t>& sp,
+                                                     acc_t* __restrict__ scale, acc_t* __restrict__ shift) {
+  const CrossChannel<acc_t> cc = block_cross_channel(mu, C, eps);
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x, nt = blockDim.x * blockDim.y;
+  for (int64_t c = tid; c < C; c += nt) forward_coeff(c, __ldcg(mu + c), __ldcg(rstd + c), cc, sp, scale + c, shift + c);
+}
+
+// Backward coefficients and parameter grads of sample n, block-wide, from its plane sums S1, S2.
+// mu, rstd, S1, S2, c1..c3 point at the sample's (C,) row; dgamma/dalpha/dbeta at its rows of dparams.
+template <typename acc_t>
+__device__ __forceinline__ void block_backward_coeffs(const acc_t* __restrict__ mu, const acc_t* __restrict__ rstd,
+                                                      const acc_t* __restrict__ S1, const acc_t* __restrict__ S2,
+                                                      int64_t C, int64_t hw, double eps, const SampleParams<acc_t>& sp,
+                                                      acc_t* __restrict__ dgamma, acc_t* __restrict__ dalpha,
+                                                      acc_t* __restrict__ dbeta, acc_t* __restrict__ c1,
+                                                      acc_t* __restrict__ c2, acc_t* __restrict__ c3) {
+  const CrossChannel<acc_t> cc = block_cross_channel(mu, C, eps);
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x, nt = blockDim.x * blockDim.y;
+  acc_t sum_dm = 0, dot = 0;
+  for (int64_t c = tid; c < C; c += nt) {
+    const acc_t dm = dmuhat_of(c, __ldcg(S1 + c), sp);
+    sum_dm += dm;
+    dot += dm * (__ldcg(mu + c) - cc.m);
+  }
+  sum_dm = sample_block_sum(sum_dm);
+  dot = sample_block_sum(dot);
+  const SampleBackward<acc_t> sb = sample_backward(cc, sum_dm, dot, C, hw);
+  for (int64_t c = tid; c < C; c += nt)
+    backward_coeff(c, C, __ldcg(mu + c), __ldcg(rstd + c), __ldcg(S1 + c), __ldcg(S2 + c), sb, sp, dgamma + c,
+                   dalpha + c, dbeta ? dbeta + c : nullptr, c1 + c, c2 + c, c3 + c);
+}
+
+// True in every thread of the block that is the last of sample n's `blocks` blocks to get here; its
+// writes and those of the other blocks are then visible to it. Every thread must call it, after its own
+// stores (a __threadfence per thread publishes them before the block's one atomic).
+__device__ __forceinline__ bool last_block_of_sample(unsigned int* __restrict__ counter, int64_t n, int64_t blocks) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0 && threadIdx.y == 0)
+    last = atomicAdd(counter + n, 1u) == static_cast<unsigned int>(blocks - 1);
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+// What the statistics/sums kernels' last block of a sample needs to compute its coefficients.
+template <typename acc_t>
+struct SampleEpilogue {
+  ParamView<acc_t> params;
+  int64_t C;
+  double eps;
+  unsigned int* counter;  // (N,) zeros
+  int64_t blocks;         // blocks per sample
+};
+
+template <typename acc_t>
+__global__ void forward_coeffs_kernel(int64_t C, double eps, const acc_t* __restrict__ mu,
+                                      const acc_t* __restrict__ rstd, ParamView<acc_t> params,
+                                      acc_t* __restrict__ scale, acc_t* __restrict__ shift) {
+  const int64_t n = blockIdx.x;
+  block_forward_coeffs(mu + n * C, rstd + n * C, C, eps, params.at(n), scale + n * C, shift + n * C);
+}
+
 // ---- statistics and plane sums -----------------------------------------------------------------
 
 // One block per NCHW plane: mean, then the biased variance about it (the plane is re-read from cache).
 template <typename scalar_t, bool kVec>
-__global__ void plane_stats_kernel(const scalar_t* x, int64_t hw, double eps, at::opmath_type<scalar_t>* mu,
-                                   at::opmath_type<scalar_t>* rstd) {
+__global__ void plane_stats_kernel(const scalar_t* __restrict__ x, int64_t hw, double eps,
+                                   at::opmath_type<scalar_t>* __restrict__ mu, at::opmath_type<scalar_t>* __restrict__ rstd,
+                                   SampleEpilogue<at::opmath_type<scalar_t>> ep, at::opmath_type<scalar_t>* __restrict__ scale,
+                                   at::opmath_type<scalar_t>* __restrict__ shift) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = kVec ? Vec<scalar_t>::size : 1;
   const scalar_t* p = x + static_cast<int64_t>(blockIdx.x) * hw;
@@ -101,6 +226,10 @@ __global__ void plane_stats_kernel(const scalar_t* x, int64_t hw, double eps, at
     mu[blockIdx.x] = mean;
     rstd[blockIdx.x] = acc_t(1) / sqrt(var + static_cast<acc_t>(eps));
   }
+  const int64_t n = blockIdx.x / ep.C;
+  if (last_block_of_sample(ep.counter, n, ep.blocks))
+    block_forward_coeffs(mu + n * ep.C, rstd + n * ep.C, ep.C, ep.eps, ep.params.at(n), scale + n * ep.C,
+                         shift + n * ep.C);
 }
 
 // Sum over the threadIdx.y rows of a (32, kRowsPerBlock) block, per channel lane; row 0 gets the totals.
@@ -119,8 +248,10 @@ __device__ __forceinline__ acc_t column_sum(acc_t v, acc_t (&buf)[kRowsPerBlock]
 
 // channels_last: block (n, 32-channel tile); each thread walks rows threadIdx.y, +8, ... of its channel.
 template <typename scalar_t>
-__global__ void row_stats_kernel(const scalar_t* x, int64_t hw, int64_t C, double eps, at::opmath_type<scalar_t>* mu,
-                                 at::opmath_type<scalar_t>* rstd) {
+__global__ void row_stats_kernel(const scalar_t* __restrict__ x, int64_t hw, int64_t C, double eps,
+                                 at::opmath_type<scalar_t>* __restrict__ mu, at::opmath_type<scalar_t>* __restrict__ rstd,
+                                 SampleEpilogue<at::opmath_type<scalar_t>> ep, at::opmath_type<scalar_t>* __restrict__ scale,
+                                 at::opmath_type<scalar_t>* __restrict__ shift) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t buf[kRowsPerBlock][32];
   __shared__ acc_t mean_sh[32];
@@ -146,6 +277,8 @@ __global__ void row_stats_kernel(const scalar_t* x, int64_t hw, int64_t C, doubl
     mu[n * C + c] = mean;
     rstd[n * C + c] = acc_t(1) / sqrt(q / static_cast<acc_t>(hw) + static_cast<acc_t>(eps));
   }
+  if (last_block_of_sample(ep.counter, n, ep.blocks))
+    block_forward_coeffs(mu + n * C, rstd + n * C, C, ep.eps, ep.params.at(n), scale + n * C, shift + n * C);
 }
 
 // dpre and xhat of one element, given its channel's coefficients.
@@ -157,11 +290,31 @@ __device__ __forceinline__ void dpre_xhat(acc_t x, acc_t dy, acc_t scale, acc_t 
   *dpre = act == kActNone ? dy : dy * act_grad(scale * xc + shift, act);
 }
 
+// What the sums kernels' last block of a sample needs: the forward's statistics, and where the backward
+// coefficients (c1, c2, c3: (N, C)) and the parameter grads (rows of dparams, (N, K, C)) go.
+template <typename acc_t>
+struct BackwardEpilogue {
+  SampleEpilogue<acc_t> s;
+  int64_t hw;
+  acc_t *c1, *c2, *c3, *dparams;
+  int64_t K;  // 3 with beta (dbeta the third row), 2 without
+  __device__ __forceinline__ void run(int64_t n, const acc_t* mu, const acc_t* rstd, const acc_t* S1,
+                                      const acc_t* S2) const {
+    const int64_t C = s.C, o = n * C;
+    acc_t* dp = dparams + n * K * C;
+    block_backward_coeffs(mu + o, rstd + o, S1 + o, S2 + o, C, hw, s.eps, s.params.at(n), dp, dp + C,
+                          K == 3 ? dp + 2 * C : nullptr, c1 + o, c2 + o, c3 + o);
+  }
+};
+
 template <typename scalar_t, bool kVec>
-__global__ void plane_sums_kernel(const scalar_t* x, const scalar_t* dy, int64_t hw, const at::opmath_type<scalar_t>* scale,
-                                  const at::opmath_type<scalar_t>* mu, const at::opmath_type<scalar_t>* shift,
-                                  const at::opmath_type<scalar_t>* rstd, int64_t act, at::opmath_type<scalar_t>* S1,
-                                  at::opmath_type<scalar_t>* S2) {
+__global__ void plane_sums_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, int64_t hw,
+                                  const at::opmath_type<scalar_t>* __restrict__ scale,
+                                  const at::opmath_type<scalar_t>* __restrict__ mu,
+                                  const at::opmath_type<scalar_t>* __restrict__ shift,
+                                  const at::opmath_type<scalar_t>* __restrict__ rstd, int64_t act,
+                                  at::opmath_type<scalar_t>* __restrict__ S1, at::opmath_type<scalar_t>* __restrict__ S2,
+                                  BackwardEpilogue<at::opmath_type<scalar_t>> ep) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = Vec<scalar_t>::size;
   const int64_t p = blockIdx.x;
@@ -196,13 +349,18 @@ __global__ void plane_sums_kernel(const scalar_t* x, const scalar_t* dy, int64_t
     S1[p] = a1;
     S2[p] = a2;
   }
+  const int64_t n = p / ep.s.C;
+  if (last_block_of_sample(ep.s.counter, n, ep.s.blocks)) ep.run(n, mu, rstd, S1, S2);
 }
 
 template <typename scalar_t>
-__global__ void row_sums_kernel(const scalar_t* x, const scalar_t* dy, int64_t hw, int64_t C,
-                                const at::opmath_type<scalar_t>* scale, const at::opmath_type<scalar_t>* mu,
-                                const at::opmath_type<scalar_t>* shift, const at::opmath_type<scalar_t>* rstd,
-                                int64_t act, at::opmath_type<scalar_t>* S1, at::opmath_type<scalar_t>* S2) {
+__global__ void row_sums_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, int64_t hw, int64_t C,
+                                const at::opmath_type<scalar_t>* __restrict__ scale,
+                                const at::opmath_type<scalar_t>* __restrict__ mu,
+                                const at::opmath_type<scalar_t>* __restrict__ shift,
+                                const at::opmath_type<scalar_t>* __restrict__ rstd, int64_t act,
+                                at::opmath_type<scalar_t>* __restrict__ S1, at::opmath_type<scalar_t>* __restrict__ S2,
+                                BackwardEpilogue<at::opmath_type<scalar_t>> ep) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t buf[kRowsPerBlock][32];
   const int64_t tiles = (C + 31) / 32;
@@ -225,36 +383,7 @@ __global__ void row_sums_kernel(const scalar_t* x, const scalar_t* dy, int64_t h
     S1[k] = a1;
     S2[k] = a2;
   }
-}
-
-// ---- per-sample coefficients (one thread per sample) -----------------------------------------------
-
-template <typename acc_t>
-__device__ __forceinline__ SampleParams<acc_t> params_of(const acc_t* g, const acc_t* a, const acc_t* b, bool per_sample,
-                                                         int64_t n, int64_t C) {
-  const int64_t o = per_sample ? n * C : 0;
-  return {g + o, a + o, b ? b + o : nullptr};
-}
-
-template <typename acc_t>
-__global__ void forward_coeffs_kernel(int64_t N, int64_t C, double eps, const acc_t* mu, const acc_t* rstd,
-                                      const acc_t* g, const acc_t* a, const acc_t* b, bool per_sample, acc_t* scale,
-                                      acc_t* shift) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) return;
-  forward_coeffs(mu + n * C, rstd + n * C, C, eps, params_of(g, a, b, per_sample, n, C), scale + n * C, shift + n * C);
-}
-
-template <typename acc_t>
-__global__ void backward_coeffs_kernel(int64_t N, int64_t C, int64_t hw, double eps, const acc_t* mu, const acc_t* rstd,
-                                       const acc_t* S1, const acc_t* S2, const acc_t* g, const acc_t* a, const acc_t* b,
-                                       bool per_sample, acc_t* dg, acc_t* da, acc_t* db, acc_t* c1, acc_t* c2,
-                                       acc_t* c3) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) return;
-  const int64_t o = n * C;
-  backward_coeffs(mu + o, rstd + o, S1 + o, S2 + o, C, hw, eps, params_of(g, a, b, per_sample, n, C), dg + o, da + o,
-                  db ? db + o : nullptr, c1 + o, c2 + o, c3 + o);
+  if (last_block_of_sample(ep.s.counter, n, ep.s.blocks)) ep.run(n, mu, rstd, S1, S2);
 }
 
 // ---- element passes ---------------------------------------------------------------------------------
@@ -287,9 +416,10 @@ struct ChannelCursor {
 };
 
 template <typename scalar_t, bool kVec>
-__global__ void apply_kernel(const scalar_t* x, scalar_t* y, int64_t total, int64_t hw, int64_t C, bool cl,
-                             const at::opmath_type<scalar_t>* scale, const at::opmath_type<scalar_t>* mu,
-                             const at::opmath_type<scalar_t>* shift, int64_t act) {
+__global__ void apply_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t total, int64_t hw,
+                             int64_t C, bool cl, const at::opmath_type<scalar_t>* __restrict__ scale,
+                             const at::opmath_type<scalar_t>* __restrict__ mu,
+                             const at::opmath_type<scalar_t>* __restrict__ shift, int64_t act) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = Vec<scalar_t>::size;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * V;
@@ -316,11 +446,15 @@ __global__ void apply_kernel(const scalar_t* x, scalar_t* y, int64_t total, int6
 }
 
 template <typename scalar_t, bool kVec>
-__global__ void dx_kernel(const scalar_t* x, const scalar_t* dy, scalar_t* dx, int64_t total, int64_t hw, int64_t C,
-                          bool cl, const at::opmath_type<scalar_t>* scale, const at::opmath_type<scalar_t>* mu,
-                          const at::opmath_type<scalar_t>* shift, const at::opmath_type<scalar_t>* rstd,
-                          const at::opmath_type<scalar_t>* c1, const at::opmath_type<scalar_t>* c2,
-                          const at::opmath_type<scalar_t>* c3, int64_t act) {
+__global__ void dx_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, scalar_t* __restrict__ dx,
+                          int64_t total, int64_t hw, int64_t C, bool cl,
+                          const at::opmath_type<scalar_t>* __restrict__ scale,
+                          const at::opmath_type<scalar_t>* __restrict__ mu,
+                          const at::opmath_type<scalar_t>* __restrict__ shift,
+                          const at::opmath_type<scalar_t>* __restrict__ rstd,
+                          const at::opmath_type<scalar_t>* __restrict__ c1,
+                          const at::opmath_type<scalar_t>* __restrict__ c2,
+                          const at::opmath_type<scalar_t>* __restrict__ c3, int64_t act) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = Vec<scalar_t>::size;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * V;
@@ -364,6 +498,8 @@ struct Problem {
   bool cl;
 };
 
+// Parameters stay as given (strided views are read in place); only a dtype other than the arithmetic
+// one is converted (checked_param).
 Problem make_problem(const char* op, const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& alpha_in,
                      const c10::optional<at::Tensor>& beta_in, double eps, int64_t act) {
   check_norm_x(op, x_in, eps, act);
@@ -371,14 +507,6 @@ Problem make_problem(const char* op, const at::Tensor& x_in, const at::Tensor& g
   p.gamma = checked_param(op, "gamma", gamma_in, x_in);
   p.alpha = checked_param(op, "alpha", alpha_in, x_in);
   if (beta_in.has_value() && beta_in->defined()) p.beta = checked_param(op, "beta", *beta_in, x_in);
-  // The kernels index all three parameters alike: if they mix (N, C) and (C,), expand to (N, C) (tiny).
-  const bool any_per_sample = p.gamma.dim() == 2 || p.alpha.dim() == 2 || (p.beta && p.beta->dim() == 2);
-  if (any_per_sample) {
-    const int64_t n = x_in.size(0), c = x_in.size(1);
-    p.gamma = p.gamma.expand({n, c}).contiguous();
-    p.alpha = p.alpha.expand({n, c}).contiguous();
-    if (p.beta) p.beta = p.beta->expand({n, c}).contiguous();
-  }
   p.x = dense_input(x_in);
   p.N = p.x.size(0);
   p.C = p.x.size(1);
@@ -387,37 +515,50 @@ Problem make_problem(const char* op, const at::Tensor& x_in, const at::Tensor& g
   return p;
 }
 
+template <typename acc_t>
+ParamView<acc_t> param_view(const Problem& p) {
+  auto row = [](const at::Tensor& t) { return t.dim() == 2 ? t.stride(0) : int64_t(0); };
+  auto col = [](const at::Tensor& t) { return t.stride(t.dim() - 1); };
+  const at::Tensor* b = p.beta ? &*p.beta : nullptr;
+  return {p.gamma.data_ptr<acc_t>(), p.alpha.data_ptr<acc_t>(), b ? b->data_ptr<acc_t>() : nullptr,
+          row(p.gamma), row(p.alpha), b ? row(*b) : int64_t(0),
+          col(p.gamma), col(p.alpha), b ? col(*b) : int64_t(0)};
+}
+
+// Blocks per sample of the statistics and sums kernels: one per plane (NCHW), one per 32 channels (NHWC).
+int64_t blocks_per_sample(const Problem& p) { return p.cl ? (p.C + 31) / 32 : p.C; }
+
+template <typename acc_t>
+SampleEpilogue<acc_t> sample_epilogue(const Problem& p, double eps, at::Tensor& counter) {
+  return {param_view<acc_t>(p), p.C, eps, reinterpret_cast<unsigned int*>(counter.data_ptr<int32_t>()),
+          blocks_per_sample(p)};
+}
+
+// mean, rstd, and (by each sample's last block) scale, shift.
 template <typename scalar_t>
-void launch_stats(const Problem& p, double eps, at::Tensor& mean, at::Tensor& rstd) {
+void launch_stats(const Problem& p, double eps, at::Tensor& mean, at::Tensor& rstd, at::Tensor& scale,
+                  at::Tensor& shift, at::Tensor& counter) {
   using acc_t = at::opmath_type<scalar_t>;
   auto stream = at::cuda::getCurrentCUDAStream();
   const scalar_t* xp = p.x.data_ptr<scalar_t>();
+  const SampleEpilogue<acc_t> ep = sample_epilogue<acc_t>(p, eps, counter);
+  acc_t *mu = mean.data_ptr<acc_t>(), *rs = rstd.data_ptr<acc_t>();
+  acc_t *sc = scale.data_ptr<acc_t>(), *sh = shift.data_ptr<acc_t>();
+  const unsigned blocks = static_cast<unsigned>(p.N * blocks_per_sample(p));
   if (!p.cl) {
-    const bool vec = aligned16(xp) && p.HW % Vec<scalar_t>::size == 0;
-    const unsigned blocks = static_cast<unsigned>(p.N * p.C);
-    if (vec) {
-      plane_stats_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(xp, p.HW, eps, mean.data_ptr<acc_t>(),
-                                                                          rstd.data_ptr<acc_t>());
+    if (aligned16(xp) && p.HW % Vec<scalar_t>::size == 0) {
+      plane_stats_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(xp, p.HW, eps, mu, rs, ep, sc, sh);
     } else {
-      plane_stats_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(xp, p.HW, eps, mean.data_ptr<acc_t>(),
-                                                                           rstd.data_ptr<acc_t>());
+      plane_stats_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(xp, p.HW, eps, mu, rs, ep, sc, sh);
     }
   } else {
-    const unsigned blocks = static_cast<unsigned>(p.N * ((p.C + 31) / 32));
-    row_stats_kernel<scalar_t><<<blocks, dim3(32, kRowsPerBlock), 0, stream>>>(xp, p.HW, p.C, eps, mean.data_ptr<acc_t>(),
-                                                                               rstd.data_ptr<acc_t>());
+    row_stats_kernel<scalar_t><<<blocks, dim3(32, kRowsPerBlock), 0, stream>>>(xp, p.HW, p.C, eps, mu, rs, ep, sc, sh);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename acc_t>
-void launch_forward_coeffs(const Problem& p, double eps, const at::Tensor& mean, const at::Tensor& rstd,
-                           at::Tensor& scale, at::Tensor& shift) {
-  forward_coeffs_kernel<acc_t><<<grid_for(p.N, 128), 128, 0, at::cuda::getCurrentCUDAStream()>>>(
-      p.N, p.C, eps, mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), p.gamma.data_ptr<acc_t>(),
-      p.alpha.data_ptr<acc_t>(), p.beta ? p.beta->data_ptr<acc_t>() : nullptr, p.gamma.dim() == 2,
-      scale.data_ptr<acc_t>(), shift.data_ptr<acc_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+at::Tensor sample_counter(const Problem& p) {
+  return at::zeros({p.N}, p.x.options().dtype(at::kInt));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cuda(const at::Tensor& x_in, const at::Tensor& gamma_in,
@@ -430,10 +571,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cuda(const at::Tenso
   at::Tensor y = at::empty_like(p.x);
   at::Tensor mean = at::empty({p.N, p.C}, acc), rstd = at::empty({p.N, p.C}, acc);
   at::Tensor scale = at::empty({p.N, p.C}, acc), shift = at::empty({p.N, p.C}, acc);
+  at::Tensor counter = sample_counter(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.x.scalar_type(), "norm_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch_stats<scalar_t>(p, eps, mean, rstd);
-    launch_forward_coeffs<acc_t>(p, eps, mean, rstd, scale, shift);
+    launch_stats<scalar_t>(p, eps, mean, rstd, scale, shift, counter);
     const scalar_t* xp = p.x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     const int64_t total = p.x.numel();
@@ -451,10 +592,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cuda(const at::Tenso
   return {y, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cuda(
-    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& alpha_in,
-    const c10::optional<at::Tensor>& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in, double eps,
-    int64_t act) {
+std::tuple<at::Tensor, at::Tensor> norm_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_in,
+                                                      const at::Tensor& gamma_in, const at::Tensor& alpha_in,
+                                                      const c10::optional<at::Tensor>& beta_in, const at::Tensor& mean_in,
+                                                      const at::Tensor& rstd_in, double eps, int64_t act) {
   constexpr const char* op = "fastscore_ext::norm_backward";
   const Problem p = make_problem(op, x_in, gamma_in, alpha_in, beta_in, eps, act);
   check_float_tensor(op, "grad_y", grad_y);
@@ -477,38 +618,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cuda(
   const auto acc = p.x.options().dtype(acc_type);
   auto nc = [&] { return at::empty({p.N, p.C}, acc); };
   at::Tensor scale = nc(), shift = nc(), S1 = nc(), S2 = nc(), c1 = nc(), c2 = nc(), c3 = nc();
-  at::Tensor dgamma = nc(), dalpha = nc();
-  at::Tensor dbeta = p.beta ? nc() : at::empty({0}, acc);
+  const int64_t K = p.beta ? 3 : 2;
+  at::Tensor dparams = at::empty({p.N, K, p.C}, acc);
+  at::Tensor counter = sample_counter(p);
   at::Tensor dx = at::empty_like(p.x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.x.scalar_type(), "norm_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto stream = at::cuda::getCurrentCUDAStream();
-    launch_forward_coeffs<acc_t>(p, eps, mean, rstd, scale, shift);
-    const scalar_t* xp = p.x.data_ptr<scalar_t>();
-    const scalar_t* gp = dy.data_ptr<scalar_t>();
-    scalar_t* dxp = dx.data_ptr<scalar_t>();
     auto A = [](at::Tensor& t) { return t.data_ptr<acc_t>(); };
     const acc_t* mu = mean.data_ptr<acc_t>();
     const acc_t* rs = rstd.data_ptr<acc_t>();
+    const ParamView<acc_t> params = param_view<acc_t>(p);
+    forward_coeffs_kernel<acc_t><<<static_cast<unsigned>(p.N), kThreads, 0, stream>>>(p.C, eps, mu, rs, params, A(scale),
+                                                                                    A(shift));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const scalar_t* xp = p.x.data_ptr<scalar_t>();
+    const scalar_t* gp = dy.data_ptr<scalar_t>();
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    const BackwardEpilogue<acc_t> ep{sample_epilogue<acc_t>(p, eps, counter), p.HW, A(c1), A(c2), A(c3), A(dparams), K};
+    const unsigned blocks = static_cast<unsigned>(p.N * blocks_per_sample(p));
     if (!p.cl) {
-      const unsigned blocks = static_cast<unsigned>(p.N * p.C);
       if (aligned16(xp) && aligned16(gp) && p.HW % Vec<scalar_t>::size == 0) {
         plane_sums_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(xp, gp, p.HW, A(scale), mu, A(shift), rs, act,
-                                                                           A(S1), A(S2));
+                                                                           A(S1), A(S2), ep);
       } else {
         plane_sums_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(xp, gp, p.HW, A(scale), mu, A(shift), rs,
-                                                                            act, A(S1), A(S2));
+                                                                            act, A(S1), A(S2), ep);
       }
     } else {
-      const unsigned blocks = static_cast<unsigned>(p.N * ((p.C + 31) / 32));
       row_sums_kernel<scalar_t><<<blocks, dim3(32, kRowsPerBlock), 0, stream>>>(xp, gp, p.HW, p.C, A(scale), mu,
-                                                                                A(shift), rs, act, A(S1), A(S2));
+                                                                                A(shift), rs, act, A(S1), A(S2), ep);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    backward_coeffs_kernel<acc_t><<<grid_for(p.N, 128), 128, 0, stream>>>(
-        p.N, p.C, p.HW, eps, mu, rs, A(S1), A(S2), p.gamma.data_ptr<acc_t>(), p.alpha.data_ptr<acc_t>(),
-        p.beta ? p.beta->data_ptr<acc_t>() : nullptr, p.gamma.dim() == 2, A(dgamma), A(dalpha),
-        p.beta ? A(dbeta) : nullptr, A(c1), A(c2), A(c3));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int64_t total = p.x.numel();
     const unsigned grid = grid_for((total + Vec<scalar_t>::size - 1) / Vec<scalar_t>::size);
@@ -521,7 +661,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_backward_cuda(
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {dx, dgamma, dalpha, dbeta};
+  return {dx, dparams};
 }
 
 }  // namespace

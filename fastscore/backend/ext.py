@@ -307,9 +307,9 @@ def _norm_forward_fake(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | N
 
 
 def _norm_backward_fake(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
-                        rstd: Tensor, eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dbeta = _per_plane(x) if beta is not None else x.new_empty((0,), dtype=acc_dtype(x))
-    return _like_dense(x), _per_plane(x), _per_plane(x), dbeta
+                        rstd: Tensor, eps: float, activation: int) -> tuple[Tensor, Tensor]:
+    k = 3 if beta is not None else 2
+    return _like_dense(x), x.new_empty((x.shape[0], k, x.shape[1]), dtype=acc_dtype(x))
 
 
 def _register_python_parts() -> None:
@@ -340,9 +340,10 @@ def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, e
 
 def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
                   rstd: Tensor, eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    dx, dgamma, dalpha, dbeta = torch.ops.fastscore_ext.norm_backward(
-        grad_y, x, gamma, alpha, beta, mean, rstd, float(eps), int(activation))
-    return dx, dgamma, dalpha, (dbeta if beta is not None else None)
+    # The parameter grads come as rows of one (N, K, C) buffer; handed over as views into it.
+    dx, dparams = torch.ops.fastscore_ext.norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, float(eps),
+                                                        int(activation))
+    return dx, dparams[:, 0], dparams[:, 1], (dparams[:, 2] if beta is not None else None)
 
 
 def _stream(seed: Position, offset: Position) -> tuple[int, int, Tensor | None, Tensor | None]:

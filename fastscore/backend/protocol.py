@@ -62,14 +62,18 @@ class Backend(Protocol):
                      activation: int) -> tuple[Tensor, Tensor, Tensor]:
         """(y, mean, rstd): y = act(gamma ((x - mu) rstd + alpha muhat) + beta) in x's dtype and memory
         format; mean and rstd = 1 / sqrt(var + eps) per plane, (N, C) in acc. gamma, alpha, beta are
-        (N, C) or (C,) each (any mix)."""
+        (N, C) or (C,) each (any mix), with any strides (slices of an embedding's rows, transposes,
+        expanded tensors): a backend reads them in place, it does not copy them to make them contiguous."""
 
     def norm_backward(self, grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None,
                       mean: Tensor, rstd: Tensor, eps: float, activation: int
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(dx, dgamma, dalpha, dbeta) for the forward that returned mean and rstd: dx in x's dtype and
         memory format; the parameter gradients per sample, (N, C) in acc, whatever the parameters'
-        shapes (the caller sums over N for (C,) parameters); dbeta None when beta is None."""
+        shapes (the caller sums over N for (C,) parameters); dbeta None when beta is None. A backend
+        should return them as the rows [:, 0], [:, 1] (and [:, 2]) of one contiguous (N, K, C) buffer
+        (K = 3 with beta, else 2): the layout of an embedding's (gamma | alpha | beta) rows, which the
+        op then hands to autograd without a copy (see packed_param_grads in fastscore/ops/norm.py)."""
 
     def perturb(self, x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tensor:
         """x + sigma[n] z in x's dtype (any dense layout; the caller restores x's memory format)."""

@@ -60,21 +60,34 @@ def _(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, eps: float, 
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
 
+def packed_param_grads(dgamma: Tensor, dalpha: Tensor, dbeta: Tensor | None) -> Tensor:
+    """The per-sample parameter grads as one (N, K, C) tensor, rows dgamma, dalpha (, dbeta): the buffer
+    they are views of when a backend wrote them that way (no copy), else a stacked copy."""
+    grads = [g for g in (dgamma, dalpha, dbeta) if g is not None]
+    base = dgamma._base
+    n, c = dgamma.shape
+    if (base is not None and base.shape == (n, len(grads), c) and base.is_contiguous()
+            and all(g._base is base and g.stride() == (len(grads) * c, 1)
+                    and g.storage_offset() == base.storage_offset() + i * c for i, g in enumerate(grads))):
+        return base
+    return torch.stack(grads, dim=1)
+
+
 @torch.library.custom_op("fastscore::cond_instance_norm_plus_backward", mutates_args=())
 def _backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
-              rstd: Tensor, eps: float, activation: int, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dgamma, dalpha, dbeta), the parameter gradients per sample (N, C); dbeta empty without beta."""
+              rstd: Tensor, eps: float, activation: int, backend: str) -> tuple[Tensor, Tensor]:
+    """(dx, dparams): dparams (N, K, C) holds the parameter gradients per sample, rows dgamma, dalpha and,
+    with beta (K = 3), dbeta: the layout of an embedding's (gamma | alpha | beta) rows."""
     dx, dgamma, dalpha, dbeta = backend_module(backend).norm_backward(
         grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation)
-    return dx, dgamma, dalpha, dbeta if dbeta is not None else dgamma.new_empty(0)
+    return dx, packed_param_grads(dgamma, dalpha, dbeta)
 
 
 @_backward.register_fake
 def _(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor, rstd: Tensor,
-      eps: float, activation: int, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dgamma, dalpha = (x.new_empty(x.shape[:2], dtype=acc_dtype(x)) for _ in range(2))
-    dbeta = x.new_empty(x.shape[:2] if beta is not None else (0,), dtype=acc_dtype(x))
-    return torch.empty_like(x), dgamma, dalpha, dbeta
+      eps: float, activation: int, backend: str) -> tuple[Tensor, Tensor]:
+    k = 3 if beta is not None else 2
+    return torch.empty_like(x), x.new_empty((x.shape[0], k, x.shape[1]), dtype=acc_dtype(x))
 
 
 def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, Tensor | None, float, int, str],
@@ -87,7 +100,9 @@ def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, Tensor | None
 
 
 def _in_shape_of(grad: Tensor, param: Tensor) -> Tensor:
-    """A per-sample (N, C) gradient as the gradient of param: summed over N for a shared (C,) one."""
+    """A per-sample (N, C) gradient as the gradient of param: summed over N for a shared (C,) one. An
+    (N, C) one stays a view into the (N, K, C) buffer when the dtypes agree, so the gradients of gamma,
+    alpha and beta sliced from one embedding row reach its backward as that buffer (fastscore/nn.py)."""
     return (grad if param.dim() == 2 else grad.sum(0)).to(param.dtype)
 
 
@@ -95,12 +110,12 @@ def _differentiate(ctx: Any, grad_y: Tensor, _grad_mean: Tensor | None, _grad_rs
                    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None, None, None]:
     x, gamma, alpha, beta, mean, rstd = ctx.saved_tensors
     need = ctx.needs_input_grad
-    dx, dgamma, dalpha, dbeta = torch.ops.fastscore.cond_instance_norm_plus_backward(
+    dx, dparams = torch.ops.fastscore.cond_instance_norm_plus_backward(
         like(grad_y, x), x, gamma, alpha, beta, mean, rstd, *ctx.args)
     return (dx if need[0] else None,
-            _in_shape_of(dgamma, gamma) if need[1] else None,
-            _in_shape_of(dalpha, alpha) if need[2] else None,
-            _in_shape_of(dbeta, beta) if beta is not None and need[3] else None,
+            _in_shape_of(dparams[:, 0], gamma) if need[1] else None,
+            _in_shape_of(dparams[:, 1], alpha) if need[2] else None,
+            _in_shape_of(dparams[:, 2], beta) if beta is not None and need[3] else None,
             None, None, None)
 
 
