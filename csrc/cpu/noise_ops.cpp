@@ -12,6 +12,7 @@
 
 #include "../philox.h"
 #include "kernels.h"
+#include "normal_stream.h"
 #include "vec_math.h"
 
 namespace fastscore {

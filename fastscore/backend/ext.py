@@ -264,7 +264,8 @@ def describe() -> str:
     i = _state.info
     cuda = f"CUDA {i.get('cuda')} arch {i.get('arch')}" if i.get("cuda") else "no CUDA"
     origin = {"pip": "built at install", "jit": "compiled at first use"}.get(i.get("origin", ""), i.get("origin", "?"))
-    return f"ext: {_state.path} ({origin}; torch {i.get('torch')}, CPU {i.get('cpu')}, {cuda})"
+    noise = "AVX2" if module.noise_simd() else "scalar"
+    return f"ext: {_state.path} ({origin}; torch {i.get('torch')}, CPU {i.get('cpu')}, CPU noise {noise}, {cuda})"
 
 
 # ---- fake kernels ---------------------------------------------------------------------------------
@@ -361,3 +362,13 @@ def langevin_step_(x: Tensor, score: Tensor, step_size: Number, seed: Position, 
 
 def randn_(out: Tensor, seed: int, offset: int) -> None:
     torch.ops.fastscore_ext.normal_(out, int(seed), int(offset))
+
+
+def noise_simd(enable: bool | None = None) -> bool:
+    """Whether the CPU noise stream runs its AVX2 code (the default on a CPU with AVX2 and FMA, unless
+    FASTSCORE_NOISE_SIMD=0); noise_simd(flag) switches it and returns the previous setting. The scalar
+    code draws the same bits: this exists to test that, and to time the two."""
+    module = _load()
+    if module is None:
+        raise RuntimeError(f"the compiled extension could not be loaded ({_state.error})")
+    return bool(module.noise_simd() if enable is None else module.noise_simd(bool(enable)))
