@@ -302,6 +302,10 @@ def _register_python_parts() -> None:
         lambda x, sigma, seed, offset: torch.empty(x.shape, dtype=x.dtype, device=x.device))
     torch.library.register_fake(_LIB + "dsm_per_sample")(
         lambda scores, sigma, seed, offset, p: scores.new_empty((scores.shape[0],), dtype=acc_dtype(scores)))
+    torch.library.register_fake(_LIB + "dsm_per_sample_and_grad")(
+        lambda scores, sigma, seed, offset, p: (
+            scores.new_empty((scores.shape[0],), dtype=acc_dtype(scores)),
+            torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)))
     torch.library.register_fake(_LIB + "dsm_backward")(
         lambda grad, scores, sigma, seed, offset, p: torch.empty(scores.shape, dtype=scores.dtype,
                                                                  device=scores.device))
@@ -335,6 +339,13 @@ def perturb(x: Tensor, sigma: Tensor, seed: int, offset: int) -> Tensor:
 def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float) -> Tensor:
     out: Tensor = torch.ops.fastscore_ext.dsm_per_sample(scores, sigma, int(seed), int(offset), float(anneal_power))
     return out
+
+
+def dsm_per_sample_and_grad(scores: Tensor, sigma: Tensor, seed: int, offset: int,
+                            anneal_power: float) -> tuple[Tensor, Tensor]:
+    loss, grad = torch.ops.fastscore_ext.dsm_per_sample_and_grad(scores, sigma, int(seed), int(offset),
+                                                                 float(anneal_power))
+    return loss, grad
 
 
 def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int,

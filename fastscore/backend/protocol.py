@@ -77,6 +77,12 @@ class Backend(Protocol):
                        anneal_power: float) -> Tensor:
         """l[n] = 0.5 sigma[n]^p sum_d (scores[n, d] + z[n, d] / sigma[n])^2, (N,) in acc."""
 
+    def dsm_per_sample_and_grad(self, scores: Tensor, sigma: Tensor, seed: int, offset: int,
+                                anneal_power: float) -> tuple[Tensor, Tensor]:
+        """(l, g): dsm_per_sample's losses and g = d l[n] / d scores = sigma[n]^p (scores + z / sigma[n])
+        (dsm_backward for a gradient of ones) in scores' dtype and shape, from one draw of z where the
+        backend can: the loss's forward when scores need a gradient, whose backward is then grad[n] g."""
+
     def dsm_backward(self, grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int,
                      anneal_power: float) -> Tensor:
         """d scores = grad[n] sigma[n]^p (scores + z / sigma[n]) for grad (N,) in acc, in scores' dtype

@@ -160,6 +160,13 @@ def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal
     return dsm_loss(scores, sigma, seed, offset, anneal_power, "none")
 
 
+def dsm_per_sample_and_grad(scores: Tensor, sigma: Tensor, seed: int, offset: int,
+                            anneal_power: float) -> tuple[Tensor, Tensor]:
+    ones = torch.ones(scores.shape[0], dtype=acc_dtype(scores), device=scores.device)
+    return (dsm_per_sample(scores, sigma, seed, offset, anneal_power),
+            dsm_backward(ones, scores, sigma, seed, offset, anneal_power))
+
+
 def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float) -> Tensor:
     dtype = acc_dtype(scores)
     z = _noise_randn(scores.shape, seed, offset, device=scores.device, dtype=dtype)
