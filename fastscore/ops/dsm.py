@@ -52,8 +52,13 @@ def dsm_loss(
     check_seed_offset(seed, offset, scores.numel())
     checks.finite_number("anneal_power", anneal_power)
     checks.choice("reduction", reduction, REDUCTIONS)
-    per_sample: Tensor = torch.ops.fastscore.dsm_loss_per_sample(
-        dense(scores), sigma, int(seed), int(offset), float(anneal_power), resolved_backend(backend, scores.device))
+    args = (dense(scores), sigma, int(seed), int(offset), float(anneal_power), resolved_backend(backend, scores.device))
+    per_sample: Tensor
+    if scores.requires_grad and torch.is_grad_enabled():
+        # The gradient is written in the forward, from the same draw of z, and kept for the backward.
+        per_sample = torch.ops.fastscore.dsm_loss_per_sample_and_grad(*args)[0]
+    else:
+        per_sample = torch.ops.fastscore.dsm_loss_per_sample(*args)
     return reduce_losses(per_sample, reduction)
 
 
@@ -125,3 +130,35 @@ def _dsm_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, 
 
 
 _dsm.register_autograd(_dsm_grad, setup_context=_dsm_setup)
+
+
+# The loss and d l[n] / d scores from one draw of the noise: what dsm_loss runs when scores need a
+# gradient. It keeps that gradient (scores' size) until the backward, which is then one product.
+@torch.library.custom_op("fastscore::dsm_loss_per_sample_and_grad", mutates_args=())
+def _dsm_and_grad(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float,
+                  backend: str) -> tuple[Tensor, Tensor]:
+    per_sample, unit_grad = backend_module(backend).dsm_per_sample_and_grad(scores, sigma, seed, offset, anneal_power)
+    return per_sample, like(unit_grad, scores)
+
+
+@_dsm_and_grad.register_fake
+def _(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float,
+      backend: str) -> tuple[Tensor, Tensor]:
+    return scores.new_empty(scores.shape[:1], dtype=acc_dtype(scores)), torch.empty_like(scores)
+
+
+def _dsm_and_grad_setup(ctx: Any, inputs: tuple[Tensor, Tensor, int, int, float, str],
+                        output: tuple[Tensor, Tensor]) -> None:
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+
+
+def _dsm_and_grad_grad(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor | None, None, None, None, None, None]:
+    (unit_grad,) = ctx.saved_tensors
+    dscores = None
+    if ctx.needs_input_grad[0]:
+        dscores = (grad.reshape(-1, *([1] * (unit_grad.dim() - 1))) * unit_grad).to(unit_grad.dtype)
+    return dscores, None, None, None, None, None
+
+
+_dsm_and_grad.register_autograd(_dsm_and_grad_grad, setup_context=_dsm_and_grad_setup)
