@@ -40,6 +40,9 @@ TORCH_LIBRARY(fastscore_ext, m) {
   // Per-sample losses (N,), float32 (float64 for float64 scores); the reduction is done by the caller.
   m.def("dsm_per_sample(Tensor scores, Tensor sigma, int seed, int offset, float anneal_power,"
         " Tensor? seed_t=None, Tensor? offset_t=None) -> Tensor");
+  // The per-sample losses and, from the same noise, d loss[n] / d scores (scores' dtype, contiguous).
+  m.def("dsm_per_sample_and_grad(Tensor scores, Tensor sigma, int seed, int offset, float anneal_power,"
+        " Tensor? seed_t=None, Tensor? offset_t=None) -> (Tensor, Tensor)");
   // d scores for a gradient (N,) of the per-sample losses.
   m.def("dsm_backward(Tensor grad, Tensor scores, Tensor sigma, int seed, int offset, float anneal_power,"
         " Tensor? seed_t=None, Tensor? offset_t=None) -> Tensor");
@@ -214,10 +217,30 @@ at::Tensor dsm_per_sample_cpu(const at::Tensor& scores_in, const at::Tensor& sig
   at::Tensor loss = empty({n_samples}, scores.options().dtype(acc_dtype(scores.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_per_sample_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    dsm_loss_kernel(scores.data_ptr<scalar_t>(), sigma.data_ptr<acc_t>(), loss.data_ptr<acc_t>(), n_samples, d, seed,
-                    offset, power);
+    dsm_loss_kernel(scores.data_ptr<scalar_t>(), sigma.data_ptr<acc_t>(), loss.data_ptr<acc_t>(),
+                    static_cast<scalar_t*>(nullptr), n_samples, d, seed, offset, power);
   });
   return loss;
+}
+
+std::tuple<at::Tensor, at::Tensor> dsm_per_sample_and_grad_cpu(
+    const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset, double power,
+    const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t) {
+  constexpr const char* op = "fastscore_ext::dsm_per_sample_and_grad";
+  check_float_tensor(op, "scores", scores_in);
+  const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
+  read_stream_position(op, seed_t, offset_t, scores_in, seed, offset);
+  check_finite(op, "anneal_power", std::abs(power), false);
+  const at::Tensor scores = scores_in.contiguous();
+  const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
+  at::Tensor loss = empty({n_samples}, scores.options().dtype(acc_dtype(scores.scalar_type())));
+  at::Tensor unit_grad = empty_like(scores);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_per_sample_and_grad_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    dsm_loss_kernel(scores.data_ptr<scalar_t>(), sigma.data_ptr<acc_t>(), loss.data_ptr<acc_t>(),
+                    unit_grad.data_ptr<scalar_t>(), n_samples, d, seed, offset, power);
+  });
+  return {loss, unit_grad};
 }
 
 at::Tensor dsm_backward_cpu(const at::Tensor& grad_in, const at::Tensor& scores_in, const at::Tensor& sigma_in,
@@ -313,6 +336,7 @@ TORCH_LIBRARY_IMPL(fastscore_ext, CPU, m) {
   m.impl("normal_", &normal_cpu);
   m.impl("perturb", &perturb_cpu);
   m.impl("dsm_per_sample", &dsm_per_sample_cpu);
+  m.impl("dsm_per_sample_and_grad", &dsm_per_sample_and_grad_cpu);
   m.impl("dsm_backward", &dsm_backward_cpu);
   m.impl("langevin_step_", &langevin_step_cpu);
   m.impl("philox4x32_10", &philox_cpu);

@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from fastscore.backend.protocol import Number, Position, Tensor
+from fastscore.backend.protocol import Number, Position, Tensor, acc_dtype
 
 
 @functools.cache
@@ -78,6 +78,15 @@ def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tenso
 def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float) -> Tensor:
     from . import score_matching
     return score_matching.dsm_per_sample(scores, sigma, seed, offset, anneal_power)
+
+
+def dsm_per_sample_and_grad(scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
+                            anneal_power: float) -> tuple[Tensor, Tensor]:
+    """The two kernels, forward and backward (with a gradient of ones); the backward draws z again."""
+    from . import score_matching
+    ones = torch.ones(scores.shape[0], dtype=acc_dtype(scores), device=scores.device)
+    return (score_matching.dsm_per_sample(scores, sigma, seed, offset, anneal_power),
+            score_matching.dsm_backward(ones, scores, sigma, seed, offset, anneal_power))
 
 
 def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,

@@ -366,10 +366,10 @@ def test_every_op_passes_opcheck(backend, device):
         for seed_t, offset_t in ((None, None), (torch.tensor(7, device=device), position)):
             torch.library.opcheck(ops.perturb, (x.detach().clone().requires_grad_(), sigma, 11, 2**40 + 3, seed_t,
                                                 offset_t, backend))
-            torch.library.opcheck(ops.dsm_loss_per_sample, (x.detach().clone().requires_grad_(), sigma, 7, 9, 2.0,
-                                                            seed_t, offset_t, backend))
-            torch.library.opcheck(ops.dsm_loss_backward, (torch.rand(2, device=device), x.detach(), sigma, 7, 9,
-                                                          1.5, seed_t, offset_t, backend))
+            torch.library.opcheck(ops.dsm_loss_per_sample, (x.detach().clone(), sigma, 7, 9, 2.0, seed_t, offset_t,
+                                                            backend))
+            torch.library.opcheck(ops.dsm_loss_per_sample_and_grad, (x.detach().clone().requires_grad_(), sigma, 7, 9,
+                                                                     1.5, seed_t, offset_t, backend))
         step = torch.tensor([1e-3], device=device)
         torch.library.opcheck(ops.langevin_step_, (x.detach().clone(), torch.randn_like(x), 1e-3, 4, 6, 0.05,
                                                    None, None, None, None, backend))

@@ -92,10 +92,11 @@ void normal_kernel(scalar_t* out, int64_t numel, int64_t seed, int64_t offset);
 template <typename scalar_t>
 void perturb_kernel(const scalar_t* x, const acc_type<scalar_t>* sigma, scalar_t* out, int64_t numel, int64_t d,
                     int64_t seed, int64_t offset);
-// loss: (n_samples,) per-sample losses in the arithmetic dtype.
+// loss: (n_samples,) per-sample losses in the arithmetic dtype; unit_grad: null, or numel elements that
+// receive d loss[n] / d scores (the gradient for a unit incoming gradient), from the same noise.
 template <typename scalar_t>
 void dsm_loss_kernel(const scalar_t* scores, const acc_type<scalar_t>* sigma, acc_type<scalar_t>* loss,
-                     int64_t n_samples, int64_t d, int64_t seed, int64_t offset, double power);
+                     scalar_t* unit_grad, int64_t n_samples, int64_t d, int64_t seed, int64_t offset, double power);
 template <typename scalar_t>
 void dsm_loss_backward_kernel(const acc_type<scalar_t>* grad, const scalar_t* scores, const acc_type<scalar_t>* sigma,
                               scalar_t* dscores, int64_t numel, int64_t d, int64_t seed, int64_t offset, double power);

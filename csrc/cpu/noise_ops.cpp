@@ -12,6 +12,7 @@
 
 #include "../philox.h"
 #include "kernels.h"
+#include "normal_stream.h"
 #include "vec_math.h"
 
 namespace fastscore {
@@ -70,12 +71,14 @@ void perturb_kernel(const scalar_t* src, const acc_type<scalar_t>* sig, scalar_t
   });
 }
 
-// Per-sample losses l[n] = 0.5 sigma[n]^p sum_d (scores + z / sigma)^2, in the arithmetic dtype.
+// Per-sample losses l[n] = 0.5 sigma[n]^p sum_d (scores + z / sigma)^2, in the arithmetic dtype, and,
+// when unit_grad is not null, d l[n] / d scores = sigma^p (scores + z / sigma) into it (scores' dtype):
+// the gradient from the same draw of z, so the backward need not draw it again.
 // Each task sums one kChunk-piece of one sample; pieces are added per sample in a fixed order, so
-// the result does not depend on the number of threads.
+// the result does not depend on the number of threads, nor on whether unit_grad is written.
 template <typename scalar_t>
-void dsm_loss_kernel(const scalar_t* src, const acc_type<scalar_t>* sig, acc_type<scalar_t>* out, int64_t n_samples,
-                     int64_t d, int64_t seed, int64_t offset, double power) {
+void dsm_loss_kernel(const scalar_t* src, const acc_type<scalar_t>* sig, acc_type<scalar_t>* out, scalar_t* unit_grad,
+                     int64_t n_samples, int64_t d, int64_t seed, int64_t offset, double power) {
   using acc_t = acc_type<scalar_t>;
   const int64_t pieces = (d + kChunk - 1) / kChunk;
   std::vector<double> partial(static_cast<size_t>(n_samples * pieces));
@@ -92,6 +95,13 @@ void dsm_loss_kernel(const scalar_t* src, const acc_type<scalar_t>* sig, acc_typ
       for (int64_t i = 0; i < len; ++i) {
         const acc_t r = static_cast<acc_t>(s[i]) + static_cast<acc_t>(z[i]) * inv_sigma;
         sum += r * r;
+      }
+      if (unit_grad != nullptr) {  // a second loop over the chunk (in L1), so the sum keeps its bits
+        const acc_t pw = static_cast<acc_t>(std::pow(static_cast<double>(sig[n]), power));
+        scalar_t* o = unit_grad + start;
+        _Pragma("omp simd")
+        for (int64_t i = 0; i < len; ++i)
+          o[i] = static_cast<scalar_t>(pw * (static_cast<acc_t>(s[i]) + static_cast<acc_t>(z[i]) * inv_sigma));
       }
       partial[t] = static_cast<double>(sum);
     }
@@ -150,8 +160,8 @@ void philox_rows(const int64_t* w, int64_t* o, int64_t rows) {
   template void normal_kernel<scalar_t>(scalar_t*, int64_t, int64_t, int64_t);                                 \
   template void perturb_kernel<scalar_t>(const scalar_t*, const acc_type<scalar_t>*, scalar_t*, int64_t, int64_t, \
                                          int64_t, int64_t);                                                     \
-  template void dsm_loss_kernel<scalar_t>(const scalar_t*, const acc_type<scalar_t>*, acc_type<scalar_t>*, int64_t, \
-                                          int64_t, int64_t, int64_t, double);                                   \
+  template void dsm_loss_kernel<scalar_t>(const scalar_t*, const acc_type<scalar_t>*, acc_type<scalar_t>*,     \
+                                          scalar_t*, int64_t, int64_t, int64_t, int64_t, double);               \
   template void dsm_loss_backward_kernel<scalar_t>(const acc_type<scalar_t>*, const scalar_t*,                 \
                                                    const acc_type<scalar_t>*, scalar_t*, int64_t, int64_t, int64_t, \
                                                    int64_t, double);                                            \

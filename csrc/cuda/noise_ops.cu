@@ -338,6 +338,16 @@ at::Tensor dsm_backward_cuda(const at::Tensor& grad_in, const at::Tensor& scores
   return out;
 }
 
+// The losses and the gradient of a unit incoming gradient, as the two kernels above: the gradient's
+// kernel draws the noise once more (the CPU kernel writes both from one draw).
+std::tuple<at::Tensor, at::Tensor> dsm_per_sample_and_grad_cuda(
+    const at::Tensor& scores, const at::Tensor& sigma, int64_t seed, int64_t offset, double power,
+    const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t) {
+  at::Tensor loss = dsm_per_sample_cuda(scores, sigma, seed, offset, power, seed_t, offset_t);
+  at::Tensor ones = at::ones({scores.size(0)}, loss.options());
+  return {loss, dsm_backward_cuda(ones, scores, sigma, seed, offset, power, seed_t, offset_t)};
+}
+
 void langevin_step_cuda(at::Tensor x, const at::Tensor& score_in, double step_size, int64_t seed, int64_t offset,
                         double noise_scale, const c10::optional<at::Tensor>& step_t,
                         const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t,
@@ -426,6 +436,7 @@ TORCH_LIBRARY_IMPL(fastscore_ext, CUDA, m) {
   m.impl("normal_", &normal_cuda);
   m.impl("perturb", &perturb_cuda);
   m.impl("dsm_per_sample", &dsm_per_sample_cuda);
+  m.impl("dsm_per_sample_and_grad", &dsm_per_sample_and_grad_cuda);
   m.impl("dsm_backward", &dsm_backward_cuda);
   m.impl("langevin_step_", &langevin_step_cuda);
   m.impl("philox4x32_10", &philox_cuda);

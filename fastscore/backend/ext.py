@@ -282,7 +282,8 @@ def describe() -> str:
     i = _state.info
     cuda = f"CUDA {i.get('cuda')} arch {i.get('arch')}" if i.get("cuda") else "no CUDA"
     origin = {"pip": "built at install", "jit": "compiled at first use"}.get(i.get("origin", ""), i.get("origin", "?"))
-    return f"ext: {_state.path} ({origin}; torch {i.get('torch')}, CPU {i.get('cpu')}, {cuda})"
+    noise = "AVX2" if module.noise_simd() else "scalar"
+    return f"ext: {_state.path} ({origin}; torch {i.get('torch')}, CPU {i.get('cpu')}, CPU noise {noise}, {cuda})"
 
 
 # ---- fake kernels ---------------------------------------------------------------------------------
@@ -320,6 +321,10 @@ def _register_python_parts() -> None:
     torch.library.register_fake(_LIB + "dsm_per_sample")(
         lambda scores, sigma, seed, offset, p, *positions: scores.new_empty((scores.shape[0],),
                                                                             dtype=acc_dtype(scores)))
+    torch.library.register_fake(_LIB + "dsm_per_sample_and_grad")(
+        lambda scores, sigma, seed, offset, p, *positions: (
+            scores.new_empty((scores.shape[0],), dtype=acc_dtype(scores)),
+            torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)))
     torch.library.register_fake(_LIB + "dsm_backward")(
         lambda grad, scores, sigma, seed, offset, p, *positions: torch.empty(scores.shape, dtype=scores.dtype,
                                                                              device=scores.device))
@@ -366,6 +371,14 @@ def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Positi
     return out
 
 
+def dsm_per_sample_and_grad(scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
+                            anneal_power: float) -> tuple[Tensor, Tensor]:
+    seed_n, offset_n, seed_t, offset_t = _stream(seed, offset)
+    loss, grad = torch.ops.fastscore_ext.dsm_per_sample_and_grad(scores, sigma, seed_n, offset_n, float(anneal_power),
+                                                                 seed_t, offset_t)
+    return loss, grad
+
+
 def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                  anneal_power: float) -> Tensor:
     seed_n, offset_n, seed_t, offset_t = _stream(seed, offset)
@@ -388,3 +401,13 @@ def langevin_step_(x: Tensor, score: Tensor, step_size: Number, seed: Position, 
 
 def randn_(out: Tensor, seed: int, offset: int) -> None:
     torch.ops.fastscore_ext.normal_(out, int(seed), int(offset))
+
+
+def noise_simd(enable: bool | None = None) -> bool:
+    """Whether the CPU noise stream runs its AVX2 code (the default on a CPU with AVX2 and FMA, unless
+    FASTSCORE_NOISE_SIMD=0); noise_simd(flag) switches it and returns the previous setting. The scalar
+    code draws the same bits: this exists to test that, and to time the two."""
+    module = _load()
+    if module is None:
+        raise RuntimeError(f"the compiled extension could not be loaded ({_state.error})")
+    return bool(module.noise_simd() if enable is None else module.noise_simd(bool(enable)))

@@ -9,7 +9,7 @@ Conventions for every primitive:
   - Inputs arrive checked: shapes, dtypes and devices match; x is dense (contiguous or channels_last).
   - "acc" is the arithmetic dtype: float64 for float64 inputs, float32 otherwise (bfloat16, float16,
     float32 storage alike). Statistics and per-sample values are returned in acc.
-  - seed and offset: ints in [0, 2^63); for perturb, dsm_per_sample, dsm_backward and langevin_step_
+  - seed and offset: ints in [0, 2^63); for perturb, the dsm primitives and langevin_step_
     also one-element int64 tensors on the data's device that the kernel reads on the device (so a
     captured CUDA graph can advance them between replays), with the same meaning as the ints. The
     i-th element of a tensor in logical (N, C, H, W) order uses normal(seed, offset + i) of the noise
@@ -82,10 +82,17 @@ class Backend(Protocol):
                        anneal_power: float) -> Tensor:
         """l[n] = 0.5 sigma[n]^p sum_d (scores[n, d] + z[n, d] / sigma[n])^2, (N,) in acc."""
 
+    def dsm_per_sample_and_grad(self, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
+                                anneal_power: float) -> tuple[Tensor, Tensor]:
+        """(l, g): dsm_per_sample's losses and g = d l[n] / d scores = sigma[n]^p (scores + z / sigma[n])
+        (dsm_backward for a gradient of ones) in scores' dtype and shape, from one draw of z where the
+        backend can: the loss's forward when scores need a gradient, whose backward is then grad[n] g."""
+
     def dsm_backward(self, grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                      anneal_power: float) -> Tensor:
         """d scores = grad[n] sigma[n]^p (scores + z / sigma[n]) for grad (N,) in acc, in scores' dtype
-        and shape (any dense layout)."""
+        and shape (any dense layout). The ops use dsm_per_sample_and_grad; this is the same gradient for
+        any incoming grad, which backends without a one-draw kernel build it from, and tests compare."""
 
     def langevin_step_(self, x: Tensor, score: Tensor, step_size: Number, seed: Position, offset: Position,
                        noise_scale: Number | None) -> None:

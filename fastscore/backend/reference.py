@@ -165,6 +165,13 @@ def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Positi
     return dsm_loss(scores, sigma, seed, offset, anneal_power, "none")
 
 
+def dsm_per_sample_and_grad(scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
+                            anneal_power: float) -> tuple[Tensor, Tensor]:
+    ones = torch.ones(scores.shape[0], dtype=acc_dtype(scores), device=scores.device)
+    return (dsm_per_sample(scores, sigma, seed, offset, anneal_power),
+            dsm_backward(ones, scores, sigma, seed, offset, anneal_power))
+
+
 def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                  anneal_power: float) -> Tensor:
     dtype = acc_dtype(scores)

@@ -57,9 +57,14 @@ def dsm_loss(
     seed_n, offset_n, seed_t, offset_t = checks.stream_positions(seed, offset, scores)
     checks.finite_number("anneal_power", anneal_power)
     checks.choice("reduction", reduction, REDUCTIONS)
-    per_sample: Tensor = torch.ops.fastscore.dsm_loss_per_sample(
-        dense(scores), sigma, seed_n, offset_n, float(anneal_power), seed_t, offset_t,
-        resolved_backend(backend, scores.device))
+    args = (dense(scores), sigma, seed_n, offset_n, float(anneal_power), seed_t, offset_t,
+            resolved_backend(backend, scores.device))
+    per_sample: Tensor
+    if scores.requires_grad and torch.is_grad_enabled():
+        # The gradient is written in the forward, from the same draw of z, and kept for the backward.
+        per_sample = torch.ops.fastscore.dsm_loss_per_sample_and_grad(*args)[0]
+    else:
+        per_sample = torch.ops.fastscore.dsm_loss_per_sample(*args)
     return reduce_losses(per_sample, reduction)
 
 
@@ -115,36 +120,36 @@ def _(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float
     return scores.new_empty(scores.shape[:1], dtype=acc_dtype(scores))
 
 
-@torch.library.custom_op("fastscore::dsm_loss_backward", mutates_args=())
-def _dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float,
-                  seed_t: Tensor | None, offset_t: Tensor | None, backend: str) -> Tensor:
-    return like(backend_module(backend).dsm_backward(grad, scores, sigma, position(seed, seed_t),
-                                                     position(offset, offset_t), anneal_power), scores)
 
 
-@_dsm_backward.register_fake
-def _(grad: Tensor, scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float,
-      seed_t: Tensor | None, offset_t: Tensor | None, backend: str) -> Tensor:
-    return torch.empty_like(scores)
+# The loss and d l[n] / d scores from one draw of the noise where the backend can: what dsm_loss runs
+# when scores need a gradient. It keeps that gradient (scores' size) until the backward, which is then
+# one product: dsm_loss's one autograd. (dsm_loss_per_sample, for the no-gradient case, has none.)
+@torch.library.custom_op("fastscore::dsm_loss_per_sample_and_grad", mutates_args=())
+def _dsm_and_grad(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, seed_t: Tensor | None,
+                  offset_t: Tensor | None, backend: str) -> tuple[Tensor, Tensor]:
+    per_sample, unit_grad = backend_module(backend).dsm_per_sample_and_grad(
+        scores, sigma, position(seed, seed_t), position(offset, offset_t), anneal_power)
+    return per_sample, like(unit_grad, scores)
 
 
-def _dsm_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-    scores, sigma, seed, offset, anneal_power, seed_t, offset_t, backend = inputs
-    # The backward regenerates the forward's noise: tensor positions are copied (on the device, no
-    # read-back) so that advancing them in place between forward and backward changes nothing.
-    ctx.save_for_backward(scores, sigma, None if seed_t is None else seed_t.clone(),
-                          None if offset_t is None else offset_t.clone())
-    ctx.args = (seed, offset, anneal_power)
-    ctx.backend = backend
+@_dsm_and_grad.register_fake
+def _(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, seed_t: Tensor | None,
+      offset_t: Tensor | None, backend: str) -> tuple[Tensor, Tensor]:
+    return scores.new_empty(scores.shape[:1], dtype=acc_dtype(scores)), torch.empty_like(scores)
 
 
-def _dsm_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-    scores, sigma, seed_t, offset_t = ctx.saved_tensors
+def _dsm_and_grad_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+
+
+def _dsm_and_grad_grad(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
+    (unit_grad,) = ctx.saved_tensors
     dscores = None
     if ctx.needs_input_grad[0]:
-        dscores = torch.ops.fastscore.dsm_loss_backward(grad.contiguous(), scores, sigma, *ctx.args, seed_t,
-                                                        offset_t, ctx.backend)
+        dscores = (grad.reshape(-1, *([1] * (unit_grad.dim() - 1))) * unit_grad).to(unit_grad.dtype)
     return dscores, None, None, None, None, None, None, None
 
 
-_dsm.register_autograd(_dsm_grad, setup_context=_dsm_setup)
+_dsm_and_grad.register_autograd(_dsm_and_grad_grad, setup_context=_dsm_and_grad_setup)
