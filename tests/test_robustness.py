@@ -174,7 +174,7 @@ def test_a_kill_at_any_point_of_a_save_or_any_moment_leaves_a_checkpoint_that_re
     for i, (point, value) in enumerate(cases):
         workdir = str(tmp_path / f"killed{i}")
         rc = subprocess.run([sys.executable, "-c", script, workdir, point, str(value)], cwd=ROOT,
-                            timeout=300).returncode
+                            timeout=900).returncode
         if point != "random":
             assert rc == -signal.SIGKILL, (point, rc)
         if not os.path.exists(os.path.join(workdir, training.CHECKPOINT_NAME)):

@@ -19,6 +19,7 @@ backend alike.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
@@ -176,9 +177,11 @@ def _jit_build(reason: str) -> ModuleType:
     with_cuda, _ = _build.cuda_decision(gpu_visible=gpu)
     arch = _build.cuda_arch_list() if with_cuda else None
     info = _build.build_info("jit", capability, with_cuda, arch, src)
-    # One folder per source digest: two checkouts (or versions) never rebuild over each other's
-    # library, which a process of the other may have loaded.
-    build_dir = cache_dir() / f"{'cuda' if with_cuda else 'cpu'}-{info['src']}"
+    # One folder per source digest and source folder: two versions, or two checkouts of the same one
+    # (whose build commands name different paths), never rebuild over each other's library, which a
+    # process of the other may have loaded.
+    where = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:8]
+    build_dir = cache_dir() / f"{'cuda' if with_cuda else 'cpu'}-{info['src']}-{where}"
     build_dir.mkdir(parents=True, exist_ok=True)
     _build.write_info_header(build_dir / "gen", info)
     sources = [str(src / s) for s in _build.cpp_sources(src) + (_build.cuda_sources(src) if with_cuda else [])]

@@ -109,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = training.build_trainer(
         config, args.workdir, image_folder=image_folder, sample_every=args.sample_every,
         sample_count=args.sample_count, progress=not args.quiet,
-        **({"time_limit": args.time_limit} if args.time_limit else {}))
+        **({"time_limit": args.time_limit} if args.time_limit else {}),
+        **({"cuda_graph": False} if args.no_cuda_graph else {}))
     if args.resume:
         trainer.resume(args.workdir)
         print(f"resuming {args.workdir} at step {trainer.step}")
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (fastscore.device)")
     p.add_argument("--backend", choices=("auto", "torch", "triton", "ext"), help="op backend (fastscore.backend)")
     p.add_argument("--seed", type=int, help="run seed: weights, data order, labels, noise (fastscore.seed)")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="run every training step eagerly (by default, on a GPU with the ext or triton backend, "
+                   "one whole step is captured in a CUDA graph and replayed)")
     p.add_argument("--time-limit", type=positive_float, help="stop (and checkpoint) after this many seconds")
     p.add_argument("--sample-every", type=count, default=0,
                    help="write a sample grid every N steps (default: only at the end)")

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from ...noise import MAX_SEED
 from ...ops import dsm_loss, perturb
 from ..data import BatchStream, Preprocess
+from . import graph_step
 from .checkpoint import CHECKPOINT_NAME, FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
 from .ema import EMA
 from .lock import run_lock
@@ -66,6 +67,7 @@ class TrainSettings:
     sample_every: int = 0            # 0 = only at the end (if a sampler is given)
     time_limit: float = 0.0          # seconds; 0 = none. Stops (and checkpoints) when exceeded.
     backend: str | None = None       # fastscore op backend for perturb / dsm_loss
+    cuda_graph: bool | None = None   # replay the whole step as a CUDA graph: None = where it can (graph_step.py)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainSettings:
@@ -76,13 +78,14 @@ class TrainSettings:
         return cls(**d)
 
 
-def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
-    """ncsn's get_optimizer: Adam (default), RMSProp or SGD (momentum 0.9) with its settings."""
+def make_optimizer(params, s: TrainSettings, capturable: bool = False) -> torch.optim.Optimizer:
+    """ncsn's get_optimizer: Adam (default), RMSProp or SGD (momentum 0.9) with its settings;
+    capturable: its step may be captured in a CUDA graph (state kept on the device)."""
     if s.optimizer == "Adam":
         return torch.optim.Adam(params, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps,
-                                weight_decay=s.weight_decay, amsgrad=s.amsgrad)
+                                weight_decay=s.weight_decay, amsgrad=s.amsgrad, capturable=capturable)
     if s.optimizer == "RMSProp":
-        return torch.optim.RMSprop(params, lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.RMSprop(params, lr=s.lr, weight_decay=s.weight_decay, capturable=capturable)
     if s.optimizer == "SGD":
         return torch.optim.SGD(params, lr=s.lr, momentum=0.9)
     raise ValueError(f"optimizer must be 'Adam', 'RMSProp' or 'SGD', got {s.optimizer!r}")
@@ -126,9 +129,10 @@ class NonFiniteWatch:
     def __init__(self, device: torch.device):
         self.first = torch.full((2,), -1, dtype=torch.int64, device=device)  # (step, level)
 
-    def update(self, step: int, per_sample: torch.Tensor, labels: torch.Tensor) -> None:
+    def update(self, step: int | torch.Tensor, per_sample: torch.Tensor, labels: torch.Tensor) -> None:
         bad = ~torch.isfinite(per_sample.detach())
-        where = torch.stack([torch.full_like(labels[0], step), labels[bad.to(torch.uint8).argmax()]])
+        step_t = step.to(labels.dtype) if isinstance(step, torch.Tensor) else torch.full_like(labels[0], step)
+        where = torch.stack([step_t, labels[bad.to(torch.uint8).argmax()]])
         self.first.copy_(torch.where(bad.any() & (self.first[0] < 0), where, self.first))
 
     def found(self) -> tuple[int, int] | None:
@@ -198,7 +202,12 @@ class Trainer:
         self.sample_fn = sample_fn
         self.progress = progress
         self.forward = forward if forward is not None else model
-        self.optimizer = make_optimizer(model.parameters(), settings)
+        why_not = graph_step.unavailable_reason(self)
+        if settings.cuda_graph and why_not:
+            raise ValueError(f"cuda_graph=True cannot capture the training step: {why_not}")
+        self.captured = settings.cuda_graph is not False and why_not is None
+        self.graph_step: graph_step.CapturedTrainStep | None = None
+        self.optimizer = make_optimizer(model.parameters(), settings, capturable=self.captured)
         self.ema = EMA(model, settings.ema_rate) if settings.ema_rate > 0 else None
         # The trainer's own generator: labels, flips, dequantization and the noise seed come from it,
         # so its state (saved in checkpoints) is all the randomness a resume has to restore.
@@ -210,32 +219,55 @@ class Trainer:
         self.watch = NonFiniteWatch(self.device)
 
     # ---- one step
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """The annealed DSM loss of a preprocessed batch; advances the noise offset by x.numel()."""
-        n = x.shape[0]
-        labels = torch.randint(0, len(self.sigmas), (n,), generator=self.generator, device=self.device)
+    def draw_labels(self, n: int) -> torch.Tensor:
+        """A noise level per sample, uniform, from the trainer's generator."""
+        return torch.randint(0, len(self.sigmas), (n,), generator=self.generator, device=self.device)
+
+    def objective(self, x: torch.Tensor, labels: torch.Tensor, seed: int | torch.Tensor,
+                  offset: int | torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+        """The annealed DSM loss of a preprocessed batch at the given noise levels and stream position
+        (ints, or device tensors in a captured step); records a non-finite loss without a sync."""
         sigma = self.sigmas[labels]
-        seed, offset = self.noise_seed, self.noise_offset
         x_noisy = perturb(x, sigma, seed, offset, backend=self.settings.backend)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.bf16):
+        # cache_enabled=False: autocast's weight cache cannot live across CUDA graph replays
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.settings.bf16, cache_enabled=False):
             scores = self.forward(x_noisy, labels)
         per_sample = dsm_loss(scores.float(), sigma, seed, offset, self.settings.anneal_power, reduction="none",
                               backend=self.settings.backend)
-        self.watch.update(self.step + 1, per_sample, labels)
-        self.noise_offset += x.numel()
+        self.watch.update(step, per_sample, labels)
         return per_sample.mean()
 
-    def train_step(self, batch: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(batch.to(self.device, torch.float32, non_blocking=True), self.generator)
-        loss = self.loss(x)
-        self.optimizer.zero_grad(set_to_none=True)
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The loss of a preprocessed batch at fresh labels; advances the noise offset by x.numel()."""
+        loss = self.objective(x, self.draw_labels(x.shape[0]), self.noise_seed, self.noise_offset, self.step + 1)
+        self.noise_offset += x.numel()
+        return loss
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward, optimizer step, EMA: no host sync (a captured step runs it inside the graph)."""
         loss.backward()
         if self.settings.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
+
+    def eager_step(self, x: torch.Tensor, labels: torch.Tensor, seed: int, offset: int, step: int) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.objective(x, labels, seed, offset, step)
+        self.update(loss)
         return loss.detach()
+
+    def train_step(self, batch: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(batch.to(self.device, torch.float32, non_blocking=True), self.generator)
+        labels = self.draw_labels(x.shape[0])
+        seed, offset, step = self.noise_seed, self.noise_offset, self.step + 1
+        self.noise_offset += x.numel()
+        if self.captured and self.graph_step is None:
+            self.graph_step = graph_step.CapturedTrainStep(self)
+        if self.graph_step is not None and self.graph_step.accepts(x):
+            return self.graph_step(x, labels, seed, offset, step)
+        return self.eager_step(x, labels, seed, offset, step)
 
     # ---- checkpoints
     def state_dict(self) -> dict:
@@ -264,6 +296,14 @@ class Trainer:
             raise ValueError("the checkpoint was trained on other noise levels than this trainer's")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in self.optimizer.param_groups:  # the checkpoint's run may have captured its step or not
+            if "capturable" in group:
+                group["capturable"] = self.captured
+        if self.captured:
+            for state in self.optimizer.state.values():
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].to(self.device, torch.float32)
+        self.graph_step = None  # the optimizer's state tensors were replaced: capture again
         if (ckpt["ema"] is None) != (self.ema is None):
             raise ValueError("EMA on/off differs between the checkpoint and these settings")
         if self.ema is not None:
