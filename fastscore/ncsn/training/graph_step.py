@@ -10,6 +10,7 @@ of the same batch shape is one replay. A step of another shape (a short last bat
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -61,7 +62,15 @@ class CapturedTrainStep:
             self.warm += 1
             return loss
         if self.graph is None:
-            self._capture(x, labels)
+            try:
+                self._capture(x, labels)
+            except Exception as exc:  # where it was not asked for by name, capture degrades to eager, loudly
+                if t.settings.cuda_graph:
+                    raise
+                warnings.warn(f"CUDA graph capture of the training step failed ({type(exc).__name__}: {exc}); "
+                              "training eagerly (--no-cuda-graph silences this)", RuntimeWarning, stacklevel=2)
+                t.captured, t.graph_step = False, None
+                return t.eager_step(x, labels, seed, offset, step)
         assert self.graph is not None and self.x is not None and self.labels is not None and self.loss is not None
         self.x.copy_(x)
         self.labels.copy_(labels)

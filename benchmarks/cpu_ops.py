@@ -1,9 +1,10 @@
-"""CPU timings of the noise ops against ncsn's eager code, in one process, implementations alternating.
+"""CPU timings of the fused ops against ncsn's eager code, in one process, implementations alternating.
 
-    python benchmarks/cpu_noise.py [--threads 2] [--repeats 15] [--inner 10] [--no-compile]
+    python benchmarks/cpu_ops.py [--threads 2] [--repeats 15] [--inner 10] [--no-compile] [--cases noise|norm|all]
 
-Cases: langevin_step_ at 100x3x32x32 and perturb + dsm_loss forward+backward at 128x3x32x32 (float32),
-each as benchmarks/op_cases.py defines it. Every repeat times each implementation once (inner calls
+Cases (float32, each as benchmarks/op_cases.py defines it): noise: langevin_step_ at 100x3x32x32 and
+perturb + dsm_loss forward+backward at 128x3x32x32; norm: CondInstanceNorm++ with ELU forward and
+forward+backward at 32x128x32x32. Every repeat times each implementation once (inner calls
 back to back) in turn, so machine load drifts over all of them alike; the medians over repeats and the
 ratios to the baseline (ncsn's eager code with torch.randn_like noise) are printed.
 """
@@ -29,6 +30,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--inner", type=int, default=10)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the baseline")
+    p.add_argument("--cases", choices=("noise", "norm", "all"), default="noise")
     p.add_argument("--cpu-time", action="store_true",
                    help="time this thread's CPU time instead of wall time (with --threads 1: the work itself, "
                         "robust to other processes on a shared machine)")
@@ -40,7 +42,11 @@ def main() -> None:
     clock_name = "thread CPU" if args.cpu_time else "wall"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock_name} time, loadavg "
           f"{Path('/proc/loadavg').read_text().split()[:3]}")
-    cases = [op_cases.langevin_case((100, 3, 32, 32), "cpu"), op_cases.dsm_pair_case((128, 3, 32, 32), "cpu")]
+    cases = []
+    if args.cases in ("noise", "all"):
+        cases += [op_cases.langevin_case((100, 3, 32, 32), "cpu"), op_cases.dsm_pair_case((128, 3, 32, 32), "cpu")]
+    if args.cases in ("norm", "all"):
+        cases += [op_cases.norm_case((32, 128, 32, 32), "cpu", backward=backward) for backward in (False, True)]
     for case in cases:
         calls = {}
         for impl in impls:
