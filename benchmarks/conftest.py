@@ -17,6 +17,8 @@ from fastscore.backend import dispatch
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # group -> implementation -> (median seconds, bytes moved or 0)
 RESULTS: dict[str, dict[str, tuple[float, int]]] = collections.defaultdict(dict)
+# host-time group -> implementation -> median seconds per call (test_bench_host.py)
+HOST_RESULTS: dict[str, dict[str, float]] = collections.defaultdict(dict)
 
 
 def implementations(device: str = DEVICE) -> list:
@@ -58,9 +60,15 @@ def run(benchmark):
 
 
 def pytest_terminal_summary(terminalreporter):
+    tr = terminalreporter
+    if HOST_RESULTS:
+        tr.section("fastscore per-call host time, 1 thread, tiny CPU tensors (median us per call)")
+        for group, rows in HOST_RESULTS.items():
+            tr.write_line(group)
+            for impl, t in rows.items():
+                tr.write_line(f"  {impl:28} {t * 1e6:8.2f} us")
     if not RESULTS:
         return
-    tr = terminalreporter
     tr.section(f"fastscore op speed-ups on {DEVICE} (median; x = times faster; baseline = ncsn eager with "
                "torch.randn_like, compiled = torch.compile of it, oracle = fastscore's torch backend)")
     for group, rows in RESULTS.items():

@@ -56,7 +56,7 @@ class _SplitRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, rows: torch.Tensor, c: int) -> tuple[torch.Tensor, ...]:
         ctx.c = c
-        return tuple(rows[:, i * c: (i + 1) * c] for i in range(rows.shape[1] // c))
+        return tuple(torch.split(rows, c, dim=1))
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None]:
@@ -73,6 +73,8 @@ class _SplitRows(torch.autograd.Function):
 
 def split_rows(rows: torch.Tensor, c: int) -> tuple[torch.Tensor, ...]:
     """The (N, C) column blocks of rows (N, K*C) as views, with a backward that gathers nothing."""
+    if not (rows.requires_grad and torch.is_grad_enabled()):  # nothing to gather: plain views
+        return tuple(torch.split(rows, c, dim=1))
     out: tuple[torch.Tensor, ...] = _SplitRows.apply(rows, c)
     return out
 

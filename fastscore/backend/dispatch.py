@@ -81,9 +81,22 @@ def _resolved_name_constant(requested: str, device_type: str) -> str:
     return _resolved_name(requested, device_type)
 
 
+# (requested name as given, device type) -> backend name, for eager calls: one dict lookup per call.
+# Only successful resolutions are kept (a bad name or an unavailable backend raises every time).
+_RESOLVED: dict[tuple[str, str], str] = {}
+
+
 def resolved(backend: str | None, device: torch.device | str) -> str:
     """The name of the backend that runs an op for tensors on `device` (constant under torch.compile)."""
-    name: str = _resolved_name_constant(requested_backend(backend), torch.device(device).type)
+    if torch.compiler.is_compiling():
+        traced: str = _resolved_name_constant(requested_backend(backend), torch.device(device).type)
+        return traced
+    key = (backend if backend is not None else os.environ.get(ENV_VAR, "auto"),
+           device.type if isinstance(device, torch.device) else torch.device(device).type)
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _resolved_name(requested_backend(backend), key[1])
+        _RESOLVED[key] = name
     return name
 
 

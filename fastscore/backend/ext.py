@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -228,6 +229,7 @@ def _load() -> ModuleType | None:
             _state.path = module.__file__ or ""
         _state.info = _build.decode_info(module.build_info())
         _register_python_parts()
+        _bind_ops()
         _state.module = module
     except Exception as exc:  # a failed build must leave the other backends usable
         _state.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
@@ -337,11 +339,32 @@ def _register_python_parts() -> None:
 
 
 # ---- the primitives (protocol.py) ------------------------------------------------------------------
-# Called once unavailable_reason(device) has returned None (that probe loads the library).
+# Called once unavailable_reason(device) has returned None (that probe loads the library), through the
+# ops' OpOverloads bound at load: calling torch.ops.fastscore_ext.<name> would resolve the overload
+# packet on every call.
+
+class _Ops:
+    norm_forward: Any
+    norm_backward: Any
+    perturb: Any
+    dsm_per_sample: Any
+    dsm_per_sample_and_grad: Any
+    dsm_backward: Any
+    langevin_step_: Any
+    normal_: Any
+
+
+_ops = _Ops()
+
+
+def _bind_ops() -> None:
+    for name in _Ops.__annotations__:
+        setattr(_ops, name, getattr(torch.ops.fastscore_ext, name).default)
+
 
 def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, eps: float,
                  activation: int) -> tuple[Tensor, Tensor, Tensor]:
-    out: tuple[Tensor, Tensor, Tensor] = torch.ops.fastscore_ext.norm_forward(
+    out: tuple[Tensor, Tensor, Tensor] = _ops.norm_forward(
         x, gamma, alpha, beta, float(eps), int(activation))
     return out
 
@@ -349,8 +372,7 @@ def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, e
 def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
                   rstd: Tensor, eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     # The parameter grads come as rows of one (N, K, C) buffer; handed over as views into it.
-    dx, dparams = torch.ops.fastscore_ext.norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, float(eps),
-                                                        int(activation))
+    dx, dparams = _ops.norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, float(eps), int(activation))
     return dx, dparams[:, 0], dparams[:, 1], (dparams[:, 2] if beta is not None else None)
 
 
@@ -363,13 +385,13 @@ def _stream(seed: Position, offset: Position) -> tuple[int, int, Tensor | None, 
 
 
 def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tensor:
-    out: Tensor = torch.ops.fastscore_ext.perturb(x, sigma, *_stream(seed, offset))
+    out: Tensor = _ops.perturb(x, sigma, *_stream(seed, offset))
     return out
 
 
 def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float) -> Tensor:
     seed_n, offset_n, seed_t, offset_t = _stream(seed, offset)
-    out: Tensor = torch.ops.fastscore_ext.dsm_per_sample(scores, sigma, seed_n, offset_n, float(anneal_power), seed_t,
+    out: Tensor = _ops.dsm_per_sample(scores, sigma, seed_n, offset_n, float(anneal_power), seed_t,
                                                          offset_t)
     return out
 
@@ -377,7 +399,7 @@ def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Positi
 def dsm_per_sample_and_grad(scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                             anneal_power: float) -> tuple[Tensor, Tensor]:
     seed_n, offset_n, seed_t, offset_t = _stream(seed, offset)
-    loss, grad = torch.ops.fastscore_ext.dsm_per_sample_and_grad(scores, sigma, seed_n, offset_n, float(anneal_power),
+    loss, grad = _ops.dsm_per_sample_and_grad(scores, sigma, seed_n, offset_n, float(anneal_power),
                                                                  seed_t, offset_t)
     return loss, grad
 
@@ -385,7 +407,7 @@ def dsm_per_sample_and_grad(scores: Tensor, sigma: Tensor, seed: Position, offse
 def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                  anneal_power: float) -> Tensor:
     seed_n, offset_n, seed_t, offset_t = _stream(seed, offset)
-    out: Tensor = torch.ops.fastscore_ext.dsm_backward(grad, scores, sigma, seed_n, offset_n, float(anneal_power),
+    out: Tensor = _ops.dsm_backward(grad, scores, sigma, seed_n, offset_n, float(anneal_power),
                                                        seed_t, offset_t)
     return out
 
@@ -398,12 +420,12 @@ def langevin_step_(x: Tensor, score: Tensor, step_size: Number, seed: Position, 
     step_n, step_t = (0.0, step_size) if isinstance(step_size, torch.Tensor) else (float(step_size), None)
     scale_n, scale_t = ((0.0, noise_scale) if isinstance(noise_scale, torch.Tensor)
                         else (-1.0 if noise_scale is None else float(noise_scale), None))
-    torch.ops.fastscore_ext.langevin_step_(x, score, step_n, seed_n, offset_n, scale_n, step_t, seed_t, offset_t,
+    _ops.langevin_step_(x, score, step_n, seed_n, offset_n, scale_n, step_t, seed_t, offset_t,
                                            scale_t)
 
 
 def randn_(out: Tensor, seed: int, offset: int) -> None:
-    torch.ops.fastscore_ext.normal_(out, int(seed), int(offset))
+    _ops.normal_(out, int(seed), int(offset))
 
 
 def noise_simd(enable: bool | None = None) -> bool:

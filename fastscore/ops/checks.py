@@ -14,7 +14,7 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 def reads_on_host(t: torch.Tensor) -> bool:
     """Whether a check may read t's values on the host: CPU tensors, except while torch.compile traces."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    return t.is_cpu and not torch.compiler.is_compiling()
 
 
 def value_check(t: torch.Tensor, holds: Callable[[torch.Tensor], torch.Tensor], message: str,
@@ -37,14 +37,18 @@ def value_check(t: torch.Tensor, holds: Callable[[torch.Tensor], torch.Tensor], 
     torch._assert_async(holds(t), message)
 
 
+_FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
+
+
 def tensor(name: str, t: object, *, dim: int | None = None, min_dim: int = 1) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
+    if t.dtype not in _FLOAT_DTYPE_SET:
         raise TypeError(f"{name} must be float32, float64, bfloat16 or float16, got {t.dtype}")
-    if dim is not None and t.dim() != dim:
+    ndim = t.dim()
+    if dim is not None and ndim != dim:
         raise ValueError(f"{name} must be {dim}-D, got shape {tuple(t.shape)}")
-    if t.dim() < min_dim:
+    if ndim < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(t.shape)}")
     if t.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
@@ -61,8 +65,8 @@ def per_channel(name: str, p: object, x: torch.Tensor, optional: bool = False) -
     if p is None and optional:
         return
     p = tensor(name, p)
-    n, c = x.shape[0], x.shape[1]
-    if tuple(p.shape) not in ((n, c), (c,)):
+    shape, n, c = p.shape, x.shape[0], x.shape[1]
+    if shape != (n, c) and shape != (c,):
         raise ValueError(f"{name} must have shape (N, C) = ({n}, {c}) or (C,) = ({c},), got {tuple(p.shape)}")
     same_device(name, p, "x", x)
 
@@ -92,6 +96,9 @@ def finite_number(name: str, value: object, *, positive: bool = False, non_negat
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
+_HOST_LIST_MAX = 4096  # sigma up to this many values is checked on the host as a list
+
+
 def sigma(s: object, x: torch.Tensor, x_name: str) -> None:
     """sigma: (N,) positive finite noise levels on x's device."""
     s = tensor("sigma", s, dim=1)
@@ -99,6 +106,12 @@ def sigma(s: object, x: torch.Tensor, x_name: str) -> None:
         raise ValueError(f"sigma must have shape (N,) = ({x.shape[0]},) to match {x_name}, got {tuple(s.shape)}")
     same_device("sigma", s, x_name, x)
     if reads_on_host(s):
+        if s.numel() <= _HOST_LIST_MAX:
+            # Read as Python floats: one copy instead of several tensor ops. min() can step over a NaN,
+            # the sum cannot; a sum that overflows only sends a valid sigma through the checks below.
+            values = s.tolist()
+            if min(values) > 0 and math.isfinite(sum(values)):
+                return
         value_check(s, lambda t: torch.isfinite(t).all(), "sigma must be finite", lambda t: "non-finite values")
         value_check(s, lambda t: (t > 0).all(), "sigma must be > 0", lambda t: f"min {t.min().item()}")
     else:  # one device-side assert rather than two

@@ -13,7 +13,7 @@ import torch
 from ..backend.dispatch import module as backend_module
 from ..backend.dispatch import resolved as resolved_backend
 from ..backend.protocol import Position, acc_dtype, dense, like
-from . import checks
+from . import checks, eager
 
 Tensor = torch.Tensor
 REDUCTIONS = ("mean", "sum", "none")
@@ -30,8 +30,14 @@ def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position = 0, *,
     checks.tensor("x", x)
     checks.sigma(sigma, x, "x")
     seed_n, offset_n, seed_t, offset_t = checks.stream_positions(seed, offset, x)
-    out: Tensor = torch.ops.fastscore.perturb(dense(x), sigma, seed_n, offset_n, seed_t, offset_t,
-                                              resolved_backend(backend, x.device))
+    args = (dense(x), sigma, seed_n, offset_n, seed_t, offset_t, resolved_backend(backend, x.device))
+    out: Tensor
+    if not eager.plain(x):
+        out = torch.ops.fastscore.perturb(*args)
+    elif eager.needs_grad(x, sigma):
+        out = _PerturbFunction.apply(*args)
+    else:
+        out = _perturb_impl(*args)
     return out
 
 
@@ -60,11 +66,18 @@ def dsm_loss(
     args = (dense(scores), sigma, seed_n, offset_n, float(anneal_power), seed_t, offset_t,
             resolved_backend(backend, scores.device))
     per_sample: Tensor
-    if scores.requires_grad and torch.is_grad_enabled():
-        # The gradient is written in the forward, from the same draw of z, and kept for the backward.
-        per_sample = torch.ops.fastscore.dsm_loss_per_sample_and_grad(*args)[0]
+    if not eager.plain(scores):
+        if scores.requires_grad and torch.is_grad_enabled():
+            # The gradient is written in the forward, from the same draw of z, and kept for the backward.
+            per_sample = torch.ops.fastscore.dsm_loss_per_sample_and_grad(*args)[0]
+        else:
+            per_sample = torch.ops.fastscore.dsm_loss_per_sample(*args)
+    elif scores.requires_grad and torch.is_grad_enabled():
+        per_sample = _DsmFunction.apply(*args)[0]   # the same autograd as the op's, called directly
+    elif eager.needs_grad(sigma):
+        per_sample = torch.ops.fastscore.dsm_loss_per_sample(*args)  # the op's policy for sigma, as is
     else:
-        per_sample = torch.ops.fastscore.dsm_loss_per_sample(*args)
+        per_sample = _dsm_impl(*args)
     return reduce_losses(per_sample, reduction)
 
 
@@ -84,10 +97,12 @@ def position(number: int, tensor: Tensor | None) -> Position:
     return tensor if tensor is not None else number
 
 
-@torch.library.custom_op("fastscore::perturb", mutates_args=())
-def _perturb(x: Tensor, sigma: Tensor, seed: int, offset: int, seed_t: Tensor | None, offset_t: Tensor | None,
-             backend: str) -> Tensor:
+def _perturb_impl(x: Tensor, sigma: Tensor, seed: int, offset: int, seed_t: Tensor | None, offset_t: Tensor | None,
+                  backend: str) -> Tensor:
     return like(backend_module(backend).perturb(x, sigma, position(seed, seed_t), position(offset, offset_t)), x)
+
+
+_perturb = torch.library.custom_op("fastscore::perturb", _perturb_impl, mutates_args=())
 
 
 @_perturb.register_fake
@@ -105,13 +120,16 @@ def _perturb_grad(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
 
 
 _perturb.register_autograd(_perturb_grad, setup_context=_perturb_setup)
+_PerturbFunction = eager.function("_PerturbFunction", _perturb_impl, _perturb_setup, _perturb_grad)
 
 
-@torch.library.custom_op("fastscore::dsm_loss_per_sample", mutates_args=())
-def _dsm(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, seed_t: Tensor | None,
-         offset_t: Tensor | None, backend: str) -> Tensor:
+def _dsm_impl(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, seed_t: Tensor | None,
+              offset_t: Tensor | None, backend: str) -> Tensor:
     return backend_module(backend).dsm_per_sample(scores, sigma, position(seed, seed_t), position(offset, offset_t),
                                                   anneal_power)
+
+
+_dsm = torch.library.custom_op("fastscore::dsm_loss_per_sample", _dsm_impl, mutates_args=())
 
 
 @_dsm.register_fake
@@ -120,17 +138,18 @@ def _(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float
     return scores.new_empty(scores.shape[:1], dtype=acc_dtype(scores))
 
 
-
-
 # The loss and d l[n] / d scores from one draw of the noise where the backend can: what dsm_loss runs
 # when scores need a gradient. It keeps that gradient (scores' size) until the backward, which is then
 # one product: dsm_loss's one autograd. (dsm_loss_per_sample, for the no-gradient case, has none.)
-@torch.library.custom_op("fastscore::dsm_loss_per_sample_and_grad", mutates_args=())
-def _dsm_and_grad(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float, seed_t: Tensor | None,
-                  offset_t: Tensor | None, backend: str) -> tuple[Tensor, Tensor]:
+def _dsm_and_grad_impl(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float,
+                       seed_t: Tensor | None, offset_t: Tensor | None, backend: str) -> tuple[Tensor, Tensor]:
     per_sample, unit_grad = backend_module(backend).dsm_per_sample_and_grad(
         scores, sigma, position(seed, seed_t), position(offset, offset_t), anneal_power)
     return per_sample, like(unit_grad, scores)
+
+
+_dsm_and_grad = torch.library.custom_op("fastscore::dsm_loss_per_sample_and_grad", _dsm_and_grad_impl,
+                                        mutates_args=())
 
 
 @_dsm_and_grad.register_fake
@@ -153,3 +172,4 @@ def _dsm_and_grad_grad(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor
 
 
 _dsm_and_grad.register_autograd(_dsm_and_grad_grad, setup_context=_dsm_and_grad_setup)
+_DsmFunction = eager.function("_DsmFunction", _dsm_and_grad_impl, _dsm_and_grad_setup, _dsm_and_grad_grad)

@@ -9,7 +9,7 @@ import torch
 from ..backend.dispatch import module as backend_module
 from ..backend.dispatch import resolved as resolved_backend
 from ..backend.protocol import Number, Position, dense, like
-from . import checks
+from . import checks, eager
 
 Tensor = torch.Tensor
 _T = TypeVar("_T")
@@ -40,23 +40,28 @@ def langevin_step_(
     if noise_scale is not None:
         checks.finite_number("noise_scale", noise_scale, non_negative=True)
     seed_n, offset_n, seed_t, offset_t = checks.stream_positions(seed, offset, x)
-    for name, coefficient in (("step_size", step_size), ("noise_scale", noise_scale)):
-        if isinstance(coefficient, torch.Tensor):
-            checks.same_device(name, coefficient, "x", x)
+    if isinstance(step_size, torch.Tensor):
+        checks.same_device("step_size", step_size, "x", x)
+    if isinstance(noise_scale, torch.Tensor):
+        checks.same_device("noise_scale", noise_scale, "x", x)
     # Numbers go to the op as numbers, tensors as tensors the kernel reads on the device (never here).
     step_n, step_t = (0.0, step_size) if isinstance(step_size, torch.Tensor) else (float(step_size), None)
     scale_n, scale_t = ((0.0, noise_scale) if isinstance(noise_scale, torch.Tensor)
                         else (-1.0 if noise_scale is None else float(noise_scale), None))
     target = dense(x)  # the kernels update memory in place: a strided x is updated through a dense copy
-    torch.ops.fastscore.langevin_step_(target, like(score, target), step_n, seed_n, offset_n, scale_n, step_t,
-                                       seed_t, offset_t, scale_t, resolved_backend(backend, x.device))
+    args = (target, like(score, target), step_n, seed_n, offset_n, scale_n, step_t, seed_t, offset_t, scale_t,
+            resolved_backend(backend, x.device))
+    if eager.plain(x) and not eager.needs_grad(x, score, step_t, scale_t):
+        _langevin_impl(*args)
+        torch.autograd.graph.increment_version(target)  # as the registered op does for what it mutates
+    else:
+        torch.ops.fastscore.langevin_step_(*args)
     if target is not x:
         x.copy_(target)
     return x
 
 
-@torch.library.custom_op("fastscore::langevin_step_", mutates_args=("x",))
-def _langevin_step_(x: Tensor, score: Tensor, step_size: float, seed: int, offset: int, noise_scale: float,
+def _langevin_impl(x: Tensor, score: Tensor, step_size: float, seed: int, offset: int, noise_scale: float,
                     step_size_t: Tensor | None, seed_t: Tensor | None, offset_t: Tensor | None,
                     noise_scale_t: Tensor | None, backend: str) -> None:
     """noise_scale < 0 stands for None (sqrt(2 step_size)); a given *_t tensor replaces its number."""
@@ -66,6 +71,9 @@ def _langevin_step_(x: Tensor, score: Tensor, step_size: float, seed: int, offse
     scale = pick(noise_scale_t, None if noise_scale < 0 else noise_scale)
     backend_module(backend).langevin_step_(x, score, pick(step_size_t, step_size), pick(seed_t, seed),
                                            pick(offset_t, offset), scale)
+
+
+_langevin_step_ = torch.library.custom_op("fastscore::langevin_step_", _langevin_impl, mutates_args=("x",))
 
 
 @_langevin_step_.register_fake

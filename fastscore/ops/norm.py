@@ -12,7 +12,7 @@ import torch
 from ..backend.dispatch import module as backend_module
 from ..backend.dispatch import resolved as resolved_backend
 from ..backend.protocol import ACTIVATION_CODES, acc_dtype, dense, like
-from . import checks
+from . import checks, eager
 
 Tensor = torch.Tensor
 ACTIVATIONS = tuple(ACTIVATION_CODES)
@@ -35,22 +35,33 @@ def cond_instance_norm_plus(
     alpha and beta, on every backend alike.
     """
     checks.tensor("x", x, dim=4)
-    for name, p in (("gamma", gamma), ("alpha", alpha)):
-        checks.per_channel(name, p, x)
+    checks.per_channel("gamma", gamma, x)
+    checks.per_channel("alpha", alpha, x)
     checks.per_channel("beta", beta, x, optional=True)
     checks.finite_number("eps", eps, positive=True)
-    checks.choice("activation", activation, ACTIVATIONS)
+    try:
+        code = ACTIVATION_CODES[activation]
+    except (KeyError, TypeError):  # not one of them, or not even hashable
+        checks.choice("activation", activation, ACTIVATIONS)
+        raise
+    args = (dense(x), gamma, alpha, beta, float(eps), code, resolved_backend(backend, x.device))
     y: Tensor
-    y, _, _ = torch.ops.fastscore.cond_instance_norm_plus(
-        dense(x), gamma, alpha, beta, float(eps), ACTIVATION_CODES[activation], resolved_backend(backend, x.device))
+    if not eager.plain(x):
+        y = torch.ops.fastscore.cond_instance_norm_plus(*args)[0]
+    elif eager.needs_grad(x, gamma, alpha, beta):
+        y = _NormFunction.apply(*args)[0]
+    else:
+        y = _norm_forward(*args)[0]
     return y
 
 
-@torch.library.custom_op("fastscore::cond_instance_norm_plus", mutates_args=())
-def _forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, eps: float, activation: int,
-             backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def _norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, eps: float, activation: int,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, rstd): y, and the per-plane statistics kept for the backward."""
     return backend_module(backend).norm_forward(x, gamma, alpha, beta, eps, activation)
+
+
+_forward = torch.library.custom_op("fastscore::cond_instance_norm_plus", _norm_forward, mutates_args=())
 
 
 @_forward.register_fake
@@ -73,14 +84,17 @@ def packed_param_grads(dgamma: Tensor, dalpha: Tensor, dbeta: Tensor | None) -> 
     return torch.stack(grads, dim=1)
 
 
-@torch.library.custom_op("fastscore::cond_instance_norm_plus_backward", mutates_args=())
-def _backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
-              rstd: Tensor, eps: float, activation: int, backend: str) -> tuple[Tensor, Tensor]:
+def _norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
+                   rstd: Tensor, eps: float, activation: int, backend: str) -> tuple[Tensor, Tensor]:
     """(dx, dparams): dparams (N, K, C) holds the parameter gradients per sample, rows dgamma, dalpha and,
     with beta (K = 3), dbeta: the layout of an embedding's (gamma | alpha | beta) rows."""
     dx, dgamma, dalpha, dbeta = backend_module(backend).norm_backward(
         grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation)
     return dx, packed_param_grads(dgamma, dalpha, dbeta)
+
+
+_backward = torch.library.custom_op("fastscore::cond_instance_norm_plus_backward", _norm_backward,
+                                    mutates_args=())
 
 
 @_backward.register_fake
@@ -103,15 +117,17 @@ def _in_shape_of(grad: Tensor, param: Tensor) -> Tensor:
     """A per-sample (N, C) gradient as the gradient of param: summed over N for a shared (C,) one. An
     (N, C) one stays a view into the (N, K, C) buffer when the dtypes agree, so the gradients of gamma,
     alpha and beta sliced from one embedding row reach its backward as that buffer (fastscore/nn.py)."""
-    return (grad if param.dim() == 2 else grad.sum(0)).to(param.dtype)
+    grad = grad if param.dim() == 2 else grad.sum(0)
+    return grad if grad.dtype == param.dtype else grad.to(param.dtype)
 
 
 def _differentiate(ctx: Any, grad_y: Tensor, _grad_mean: Tensor | None, _grad_rstd: Tensor | None
                    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None, None, None]:
     x, gamma, alpha, beta, mean, rstd = ctx.saved_tensors
     need = ctx.needs_input_grad
-    dx, dparams = torch.ops.fastscore.cond_instance_norm_plus_backward(
-        like(grad_y, x), x, gamma, alpha, beta, mean, rstd, *ctx.args)
+    # The registered backward op while traced; its primitive directly in plain eager (fastscore/ops/eager.py).
+    backward = _norm_backward if eager.plain(grad_y) else torch.ops.fastscore.cond_instance_norm_plus_backward
+    dx, dparams = backward(like(grad_y, x), x, gamma, alpha, beta, mean, rstd, *ctx.args)
     return (dx if need[0] else None,
             _in_shape_of(dparams[:, 0], gamma) if need[1] else None,
             _in_shape_of(dparams[:, 1], alpha) if need[2] else None,
@@ -120,3 +136,4 @@ def _differentiate(ctx: Any, grad_y: Tensor, _grad_mean: Tensor | None, _grad_rs
 
 
 _forward.register_autograd(_differentiate, setup_context=_setup_context)
+_NormFunction = eager.function("_NormFunction", _norm_forward, _setup_context, _differentiate)
