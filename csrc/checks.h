@@ -34,7 +34,8 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
 
 inline void check_seed_offset(const char* op, int64_t seed, int64_t offset, int64_t numel) {
   TORCH_CHECK(seed >= 0, op, ": seed must be in [0, 2^63), got ", seed);
-  TORCH_CHECK(offset >= 0 && offset <= std::numeric_limits<int64_t>::max() - numel, op,
+  // offset + numel <= 2^63: the last position used, offset + numel - 1, is at most 2^63 - 1.
+  TORCH_CHECK(offset >= 0 && offset - 1 <= std::numeric_limits<int64_t>::max() - numel, op,
               ": offset must be in [0, 2^63 - numel), got ", offset, " for ", numel, " draws");
 }
 

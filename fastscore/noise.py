@@ -68,7 +68,7 @@ def check_seed_offset(seed: object, offset: object, numel: int = 0) -> None:
         raise TypeError(f"offset must be an int in [0, 2^63), got {type(offset).__name__}")
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in [0, 2^63), got {seed}")
-    if not 0 <= offset or offset + numel > MAX_SEED + 1:
+    if not 0 <= offset <= MAX_SEED or offset + numel > MAX_SEED + 1:  # 2^63 itself even when numel == 0
         raise ValueError(f"offset must be in [0, 2^63 - numel), got {offset} for {numel} draws")
 
 

@@ -481,7 +481,10 @@ def _fused_backward(x_ptr, dy_ptr, dx_ptr, mu_ptr, rstd_ptr, gamma_ptr, alpha_pt
 def _geometry(x: Tensor) -> tuple[int, int, int, tuple[int, int, int]]:
     """(P, C, HW, (stride_n, stride_c, stride_hw)) of a dense 4-D x: plane (n, c), position hw."""
     n, c, h, w = x.shape
-    return n * c, c, h * w, (x.stride(0), x.stride(1), x.stride(3))
+    # The position stride from the layout, not from x.stride(3): a size-1 dimension's stride is
+    # arbitrary (x.transpose(2, 3) of an (N, C, 1, W) tensor is contiguous with stride(3) = W).
+    stride_hw = c if _common.layout(x) == "channels_last" else 1
+    return n * c, c, h * w, (x.stride(0), x.stride(1), stride_hw)
 
 
 def _blocks(p: int, c: int, hw: int, channels_last: bool) -> tuple[int, int]:

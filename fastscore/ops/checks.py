@@ -78,6 +78,9 @@ def _item(t: torch.Tensor) -> str:
 def finite_number(name: str, value: object, *, positive: bool = False, non_negative: bool = False) -> None:
     """A Python number, or a one-element float tensor whose value is checked by value_check."""
     if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():  # an integer or bool tensor's bits would be read as a float
+            raise TypeError(f"{name} given as a tensor must be float32, float64, bfloat16 or float16, "
+                            f"got {value.dtype}")
         if value.numel() != 1:
             raise ValueError(f"{name} must be a number or a one-element tensor, got shape {tuple(value.shape)}")
         value_check(value, lambda t: torch.isfinite(t).all(), f"{name} must be finite", _item)
