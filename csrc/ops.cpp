@@ -204,10 +204,11 @@ at::Tensor perturb_cpu(const at::Tensor& x_in, const at::Tensor& sigma_in, int64
   return out;
 }
 
-at::Tensor dsm_per_sample_cpu(const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
-                              double power, const c10::optional<at::Tensor>& seed_t,
-                              const c10::optional<at::Tensor>& offset_t) {
-  constexpr const char* op = "fastscore_ext::dsm_per_sample";
+// The per-sample losses and, with `with_grad`, d loss[n] / d scores from the same draw of the noise.
+std::tuple<at::Tensor, at::Tensor> dsm_losses_cpu(const char* op, const at::Tensor& scores_in, const at::Tensor& sigma_in,
+                                                  int64_t seed, int64_t offset, double power,
+                                                  const c10::optional<at::Tensor>& seed_t,
+                                                  const c10::optional<at::Tensor>& offset_t, bool with_grad) {
   check_float_tensor(op, "scores", scores_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
   read_stream_position(op, seed_t, offset_t, scores_in, seed, offset);
@@ -215,32 +216,27 @@ at::Tensor dsm_per_sample_cpu(const at::Tensor& scores_in, const at::Tensor& sig
   const at::Tensor scores = scores_in.contiguous();
   const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
   at::Tensor loss = empty({n_samples}, scores.options().dtype(acc_dtype(scores.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_per_sample_cpu", [&] {
+  at::Tensor unit_grad = with_grad ? empty_like(scores) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_losses_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     dsm_loss_kernel(scores.data_ptr<scalar_t>(), sigma.data_ptr<acc_t>(), loss.data_ptr<acc_t>(),
-                    static_cast<scalar_t*>(nullptr), n_samples, d, seed, offset, power);
+                    with_grad ? unit_grad.data_ptr<scalar_t>() : nullptr, n_samples, d, seed, offset, power);
   });
-  return loss;
+  return {loss, unit_grad};
+}
+
+at::Tensor dsm_per_sample_cpu(const at::Tensor& scores, const at::Tensor& sigma, int64_t seed, int64_t offset,
+                              double power, const c10::optional<at::Tensor>& seed_t,
+                              const c10::optional<at::Tensor>& offset_t) {
+  return std::get<0>(dsm_losses_cpu("fastscore_ext::dsm_per_sample", scores, sigma, seed, offset, power, seed_t,
+                                    offset_t, false));
 }
 
 std::tuple<at::Tensor, at::Tensor> dsm_per_sample_and_grad_cpu(
-    const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset, double power,
+    const at::Tensor& scores, const at::Tensor& sigma, int64_t seed, int64_t offset, double power,
     const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t) {
-  constexpr const char* op = "fastscore_ext::dsm_per_sample_and_grad";
-  check_float_tensor(op, "scores", scores_in);
-  const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
-  read_stream_position(op, seed_t, offset_t, scores_in, seed, offset);
-  check_finite(op, "anneal_power", std::abs(power), false);
-  const at::Tensor scores = scores_in.contiguous();
-  const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
-  at::Tensor loss = empty({n_samples}, scores.options().dtype(acc_dtype(scores.scalar_type())));
-  at::Tensor unit_grad = empty_like(scores);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_per_sample_and_grad_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    dsm_loss_kernel(scores.data_ptr<scalar_t>(), sigma.data_ptr<acc_t>(), loss.data_ptr<acc_t>(),
-                    unit_grad.data_ptr<scalar_t>(), n_samples, d, seed, offset, power);
-  });
-  return {loss, unit_grad};
+  return dsm_losses_cpu("fastscore_ext::dsm_per_sample_and_grad", scores, sigma, seed, offset, power, seed_t,
+                        offset_t, true);
 }
 
 at::Tensor dsm_backward_cpu(const at::Tensor& grad_in, const at::Tensor& scores_in, const at::Tensor& sigma_in,
@@ -277,13 +273,10 @@ void langevin_step_cpu(at::Tensor x, const at::Tensor& score_in, double step_siz
               score_in.sizes());
   check_same_device(op, "score", score_in, "x", x);
   check_scalar_tensor(op, "step_size", step_t, x, false);
-  check_scalar_tensor(op, "seed", seed_t, x, true);
-  check_scalar_tensor(op, "offset", offset_t, x, true);
   check_scalar_tensor(op, "noise_scale", noise_t, x, false);
+  read_stream_position(op, seed_t, offset_t, x, seed, offset);
   // On the CPU the tensor forms are simply read.
   if (step_t.has_value() && step_t->defined()) step_size = step_t->item<double>();
-  if (seed_t.has_value() && seed_t->defined()) seed = seed_t->item<int64_t>();
-  if (offset_t.has_value() && offset_t->defined()) offset = offset_t->item<int64_t>();
   if (noise_t.has_value() && noise_t->defined()) {
     noise_scale = noise_t->item<double>();
   } else if (noise_scale < 0) {
@@ -292,7 +285,6 @@ void langevin_step_cpu(at::Tensor x, const at::Tensor& score_in, double step_siz
   }
   check_finite(op, "step_size", step_size, false);
   check_finite(op, "noise_scale", noise_scale, false);
-  check_seed_offset(op, seed, offset, x.numel());
   if (x.numel() == 0) return;
   // A non-contiguous x is updated through a dense copy and written back, so x itself changes.
   at::Tensor dense = x.is_contiguous() ? x : x.contiguous();
