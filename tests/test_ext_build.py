@@ -208,3 +208,17 @@ def test_an_explicit_build_is_used_or_refused_by_name(tmp_path, monkeypatch):
     monkeypatch.setattr(ext, "_state", ext._State())
     monkeypatch.setenv(ext.EXT_ENV, _fake_library(tmp_path, _this_build(torch="1.0.0")))
     assert "built against torch 1.0.0" in ext.unavailable_reason(torch.device("cpu"))
+
+
+@pytest.mark.skipif(getattr(__import__("torch.utils.cpp_extension").utils.cpp_extension, "FileLock", None) is None,
+                    reason="this torch marks a compile by the lock file's existence")
+def test_advisory_build_lock_is_announced_only_while_held_and_never_removed(tmp_path, capsys):
+    from filelock import FileLock
+
+    lock = tmp_path / "lock"
+    lock.touch()  # what every finished compile leaves behind with an advisory lock
+    ext._announce_build_lock(lock, stale_after=0.0)
+    assert capsys.readouterr().err == "" and lock.exists()
+    with FileLock(str(lock)):  # another holder: a second open file description, even in this process
+        ext._announce_build_lock(lock, stale_after=0.0)
+    assert "waiting for another process compiling" in capsys.readouterr().err and lock.exists()

@@ -147,8 +147,25 @@ def _cached_build_current(build_dir: Path, info: dict[str, str], sources: list[s
 
 
 def _announce_build_lock(lock: Path, stale_after: float) -> None:
-    """torch's compile waits, silently and without limit, while another process's lock file exists:
-    say so, and remove a lock older than any build takes (left by a compile that was killed)."""
+    """Say when this process will wait for another one's compile, and clear what a killed compile left.
+
+    Newer torch holds an OS advisory lock on the file (the file stays; the kernel frees the lock when
+    its holder dies): probe it without blocking, never delete it. Older torch's lock is the file's
+    existence, waited on silently and without limit: remove one older than any build takes."""
+    from torch.utils import cpp_extension
+
+    if getattr(cpp_extension, "FileLock", None) is not None:
+        from filelock import FileLock, Timeout
+
+        probe = FileLock(str(lock))
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            print(f"fastscore: waiting for another process compiling fastscore._C (it holds {lock})",
+                  file=sys.stderr)
+        else:
+            probe.release()
+        return
     try:
         age = time.time() - lock.stat().st_mtime
     except FileNotFoundError:
