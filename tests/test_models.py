@@ -554,3 +554,21 @@ def test_every_backend_runs_the_network(backend, device):
                 module.backend = backend
         out = model(x, y)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_crp_box_average_is_avg_pool_5x5_with_padding_counted(dtype):
+    from fastscore.ncsn.models.layers import BoxAverage5
+
+    x = torch.randn(3, 5, 9, 7, dtype=dtype, requires_grad=True)
+    grad = torch.randn(3, 5, 9, 7, dtype=dtype)
+    want = nn.AvgPool2d(kernel_size=5, stride=1, padding=2)(x)
+    got = BoxAverage5()(x)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    (g_want,) = torch.autograd.grad(want, x, grad)
+    (g_got,) = torch.autograd.grad(got, x, grad)
+    torch.testing.assert_close(g_got, g_want, rtol=tol, atol=tol)
+    # the corners average 9 real pixels over 25 (padding counted), as ncsn's AvgPool2d does
+    ones = BoxAverage5()(torch.ones(1, 1, 6, 6, dtype=dtype))
+    assert ones[0, 0, 0, 0].item() == pytest.approx(9 / 25) and ones[0, 0, 2, 2].item() == pytest.approx(1.0)

@@ -120,6 +120,21 @@ class RCUBlock(_NormAct):
         return x
 
 
+class BoxAverage5(nn.Module):
+    """nn.AvgPool2d(kernel_size=5, stride=1, padding=2): the mean of each 5x5 window, zero padding counted.
+
+    On the CPU as a depthwise convolution with a constant 1/25 kernel: the same sums in another order
+    (within float rounding), and about ten times faster than avg_pool2d's CPU kernel there, which made
+    the CRP blocks' pooling a seventh of a small MNIST model's training step.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not x.is_floating_point():
+            return F.avg_pool2d(x, kernel_size=5, stride=1, padding=2)
+        channels = x.shape[1]
+        return F.conv2d(x, x.new_full((channels, 1, 5, 5), 1.0 / 25.0), padding=2, groups=channels)
+
+
 class CRPBlock(nn.Module):
     """Chained residual pooling: ELU, then n_stages times ([norm], 5x5 pool, conv) summed into the input.
 
@@ -135,7 +150,7 @@ class CRPBlock(nn.Module):
         if self.has_norm:
             self.norms = nn.ModuleList(norm(features) for _ in range(n_stages))
         if pool == "avg":
-            self.maxpool = nn.AvgPool2d(kernel_size=5, stride=1, padding=2)  # zero padding counted, as original
+            self.maxpool: nn.Module = BoxAverage5()  # zero padding counted, as the original's AvgPool2d
         elif pool == "max":
             self.maxpool = nn.MaxPool2d(kernel_size=5, stride=1, padding=2)
         else:
