@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -153,23 +153,32 @@ def uniform_init(shape: Sequence[int], seed: int, device: Device = None,
     """ncsn's starting point, uniform in [0, 1): drawn on the CPU from a generator seeded with the run's
     seed, so the start, like the noise, depends on the seed alone and not on the device.
 
-    rows: (a, b) returns rows a .. b of the start of shape `shape` without holding the rest: the CPU
-    generator draws in order, one number per element, so the rows before a are drawn in chunks and
-    dropped (tests/test_sampling_shares.py checks this against slicing the whole draw)."""
+    rows: (a, b) returns rows a .. b of the start of shape `shape` without holding the rest."""
     shape = tuple(shape)
+    a, b = rows if rows is not None else (0, shape[0])
+    return next(uniform_init_batches(shape, seed, (a, b), max(b - a, 1), device, dtype))
+
+
+def uniform_init_batches(shape: Sequence[int], seed: int, rows: tuple[int, int], batch: int, device: Device = None,
+                         dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+    """Rows a .. b of uniform_init(shape, seed), in consecutive batches of at most `batch` rows. The CPU
+    generator draws in order, one number per element, so the rows before a are drawn in chunks and dropped
+    (tests/test_sampling_shares.py checks this against slicing the whole draw)."""
+    shape = tuple(shape)
+    a, b = rows
+    if not 0 <= a <= b <= shape[0]:
+        raise ValueError(f"rows must satisfy 0 <= a <= b <= {shape[0]}, got {rows}")
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    if rows is not None:
-        a, b = rows
-        if not 0 <= a <= b <= shape[0]:
-            raise ValueError(f"rows must satisfy 0 <= a <= b <= {shape[0]}, got {rows}")
-        per_row = math.prod(shape[1:])
-        skip = a * per_row
-        while skip > 0:
-            take = min(skip, _SKIP_CHUNK)
-            torch.rand(take, generator=generator, dtype=torch.float32)
-            skip -= take
-        shape = (b - a,) + shape[1:]
-    return torch.rand(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    per_row = math.prod(shape[1:])
+    skip = a * per_row
+    while skip > 0:
+        take = min(skip, _SKIP_CHUNK)
+        torch.rand(take, generator=generator, dtype=torch.float32)
+        skip -= take
+    for start in range(a, b, batch) or [a]:  # no rows: one empty batch
+        stop = min(start + batch, b)
+        x = torch.rand((stop - start,) + shape[1:], generator=generator, dtype=torch.float32)
+        yield x.to(device=device, dtype=dtype)
 
 
 class AnnealedLangevin:

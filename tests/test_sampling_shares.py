@@ -58,3 +58,12 @@ def test_share_outside_the_run_is_refused():
     sampler = AnnealedLangevin(lambda x, i: -x, SIGMAS, n_steps_each=1, shape=(1, 2, 2))
     with pytest.raises(ValueError, match="within the run"):
         sampler.sample(3, seed=0, progress=False, start=2, total=4)
+
+
+def test_uniform_init_batches_run_through_the_rows_in_order():
+    from fastscore.sampling import uniform_init_batches
+
+    full = uniform_init((10, 1, 2, 3), seed=4)
+    parts = list(uniform_init_batches((10, 1, 2, 3), 4, (3, 10), batch=3))
+    assert [p.shape[0] for p in parts] == [3, 3, 1]
+    assert torch.equal(torch.cat(parts), full[3:])
