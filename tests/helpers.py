@@ -160,3 +160,26 @@ def run_ranks(world, argv, timeout=120):
     if failed:
         pytest.fail("a distributed run failed:\n" + "\n".join(outputs))
     return outputs
+
+
+def random_inception(path):
+    """Inception weights made here: torch-fidelity's Inception-v3, randomly initialised (He initialisation,
+    which keeps the signal's scale through its ReLU layers), saved in its format at `path`."""
+    from unittest import mock
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from fastscore.ncsn import fidelity
+
+    torch.save({}, path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):  # keep the random initialisation
+            net = FeatureExtractorInceptionV3("inception-v3-compat", list(fidelity.FEATURES),
+                                              feature_extractor_weights_path=path)
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        torch.nn.init.normal_(net.fc.weight, std=0.2)
+    torch.save(net.state_dict(), path)
+    return path

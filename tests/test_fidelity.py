@@ -12,23 +12,12 @@ scipy_linalg = pytest.importorskip("scipy.linalg")
 
 from fastscore.ncsn import fidelity  # noqa: E402
 
+from helpers import random_inception  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    path = str(tmp_path_factory.mktemp("inception") / "random-inception.pth")
-    torch.save({}, path)
-    torch.manual_seed(0)
-    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):  # keep the random initialisation
-        net = FeatureExtractorInceptionV3("inception-v3-compat", list(fidelity.FEATURES),
-                                          feature_extractor_weights_path=path)
-    for m in net.modules():  # He initialisation keeps the signal's scale through the 90-odd ReLU layers
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    torch.nn.init.normal_(net.fc.weight, std=0.2)
-    torch.save(net.state_dict(), path)
-    return path
+    return random_inception(str(tmp_path_factory.mktemp("inception") / "random-inception.pth"))
 
 
 @pytest.fixture(scope="module")
