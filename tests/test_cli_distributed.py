@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from fastscore.ncsn import training
 from fastscore.ncsn.cli import main
@@ -38,7 +37,7 @@ def test_torchrun_train_gives_the_one_process_weights(runs):
 
 def test_torchrun_sample_writes_the_one_process_images_once(runs, tmp_path):
     one_npz, two_npz, folder = str(tmp_path / "one.npz"), str(tmp_path / "two.npz"), str(tmp_path / "imgs")
-    args = ["--n", "5", "--seed", "3", "--quiet", "--device", "cpu"]
+    args = ["--num-samples", "5", "--seed", "3", "--quiet", "--device", "cpu"]
     assert main(["sample", runs[0], *args, "--npz", one_npz, "--batch", "2"]) == 0
     run_ranks(2, ["-m", "fastscore", "sample", runs[0], *args, "--npz", two_npz, "--out-dir", folder],
               timeout=240)

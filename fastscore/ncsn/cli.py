@@ -289,7 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "and draw samples by annealed Langevin dynamics (ncsn's schedule, the config's sampling "
                        "section unless overridden); write them as one PNG grid.")
     sampling_args(p)
-    p.add_argument("--n", type=positive_int, default=64, help="number of samples (default: 64)")
+    # --num-samples: torchrun reads an abbreviation of its own options (--n: --nnodes, --nproc-per-node) even after
+    # the module's name, so under torchrun the long spelling is the one that works
+    p.add_argument("--num-samples", "--n", dest="n", type=positive_int, default=64,
+                   help="number of samples (default: 64; --n for short, except under torchrun)")
     p.add_argument("--nrow", type=positive_int, default=None, help="images per grid row (default: square)")
     p.add_argument("--out", default=None, help="PNG grid to write (default: samples.png when neither --npz nor "
                    "--out-dir is given)")
@@ -306,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cached) and the Inception Score, with torch-fidelity's Inception-v3. Nothing is downloaded: the weights "
         "come from torch's hub cache or --inception-weights. Without --fid/--is/--kid, all three.")
     sampling_args(p)
-    p.add_argument("--n", type=positive_int, default=50000, help="number of samples (default: 50000, as the paper)")
+    p.add_argument("--num-samples", "--n", dest="n", type=positive_int, default=50000,
+                   help="number of samples (default: 50000, as the paper; --n for short, except under torchrun)")
     p.add_argument("--batch", type=positive_int, default=1000,
                    help="samples per sampler call on each process (default: 1000); the samples do not depend on it")
     p.add_argument("--fid", action="store_true", help="Frechet Inception Distance against the training set")
