@@ -17,12 +17,16 @@ update is a step object it calls with (seed, offset): EagerLangevinStep runs the
 with a fused backend fastscore.graphs.CapturedLangevinStep replays one captured update with the step
 size and the stream position in device tensors. Both get every offset from the same loop, so their
 trajectories cannot drift apart.
+
+A run of n samples can be split into shares (rows a .. b, in several calls or processes): a share starts
+from rows a .. b of the run's uniform start and reads, at every draw, the positions a D .. b D of the
+run's n D (D = the numel of one sample), so the shares together are the n-sample run, number for number.
 """
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -74,30 +78,38 @@ class EagerLangevinStep:
 def annealed_langevin(step: LangevinStep, x: torch.Tensor, sigmas: Sequence[float], step_sizes: Sequence[float],
                       n_steps_each: int, seed: int, *, reference: torch.Tensor | None = None,
                       mask: torch.Tensor | None = None, callback: Callback | None = None,
-                      bar: tqdm | None = None, backend: str | None = None) -> torch.Tensor:
+                      bar: tqdm | None = None, backend: str | None = None, start: int = 0,
+                      stride: int | None = None) -> torch.Tensor:
     """The sampling loop: for each level (largest sigma first) n_steps_each updates of x by `step`,
     which draws the noise at offsets 0, numel, 2 numel, ... of the seed's stream. With a reference and
     a mask (inpainting), each level first draws z' (reference's numel positions) and sets the known
     pixels to reference + sigma_i z'; the step re-imposes them after every update.
 
+    start, stride: x is a share of a larger run whose every draw takes `stride` positions (default
+    x.numel()), x's elements being positions start .. start + x.numel() of each draw.
+
     Returns, as a device tensor (read it once, after the loop: no sync per step), the index of the
     first update after which x held a non-finite value, or -1."""
-    offset = 0
     numel = x.numel()
+    stride = numel if stride is None else stride
+    if start < 0 or start + numel > stride:
+        raise ValueError(f"a share's positions start .. start + numel ({start} .. {start + numel}) must lie "
+                         f"within one draw of the run ({stride} positions)")
+    offset = 0
     first_nonfinite = torch.full((), -1, dtype=torch.int64, device=x.device)
     for level, (sigma, step_size) in enumerate(zip(sigmas, step_sizes, strict=True)):
         keep_values = None
         if reference is not None:
             dtype = torch.float64 if reference.dtype == torch.float64 else torch.float32
-            z = randn(reference.shape, seed, offset, device=x.device, dtype=dtype, backend=backend)
-            offset += z.numel()
+            z = randn(reference.shape, seed, offset + start, device=x.device, dtype=dtype, backend=backend)
+            offset += stride
             keep_values = (reference.to(dtype) + sigma * z).to(x.dtype)
             assert mask is not None, "a reference comes with its mask"
             x.copy_(torch.where(mask, keep_values, x))
         step.set_level(level, step_size, keep_values)
         for t in range(n_steps_each):
-            step(seed, offset)
-            offset += numel
+            step(seed, offset + start)
+            offset += stride
             broken = (first_nonfinite < 0) & ~torch.isfinite(x).all()
             first_nonfinite = torch.where(broken, level * n_steps_each + t, first_nonfinite)
             if callback is not None:
@@ -133,12 +145,40 @@ def resolve_seed(seed: int | None) -> int:
     return seed
 
 
+_SKIP_CHUNK = 1 << 22  # numbers drawn at a time while skipping to a share's rows (16 MiB of float32)
+
+
 def uniform_init(shape: Sequence[int], seed: int, device: Device = None,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 dtype: torch.dtype = torch.float32, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """ncsn's starting point, uniform in [0, 1): drawn on the CPU from a generator seeded with the run's
-    seed, so the start, like the noise, depends on the seed alone and not on the device."""
+    seed, so the start, like the noise, depends on the seed alone and not on the device.
+
+    rows: (a, b) returns rows a .. b of the start of shape `shape` without holding the rest."""
+    shape = tuple(shape)
+    a, b = rows if rows is not None else (0, shape[0])
+    return next(uniform_init_batches(shape, seed, (a, b), max(b - a, 1), device, dtype))
+
+
+def uniform_init_batches(shape: Sequence[int], seed: int, rows: tuple[int, int], batch: int, device: Device = None,
+                         dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+    """Rows a .. b of uniform_init(shape, seed), in consecutive batches of at most `batch` rows. The CPU
+    generator draws in order, one number per element, so the rows before a are drawn in chunks and dropped
+    (tests/test_sampling_shares.py checks this against slicing the whole draw)."""
+    shape = tuple(shape)
+    a, b = rows
+    if not 0 <= a <= b <= shape[0]:
+        raise ValueError(f"rows must satisfy 0 <= a <= b <= {shape[0]}, got {rows}")
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.rand(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    per_row = math.prod(shape[1:])
+    skip = a * per_row
+    while skip > 0:
+        take = min(skip, _SKIP_CHUNK)
+        torch.rand(take, generator=generator, dtype=torch.float32)
+        skip -= take
+    for start in range(a, b, batch) or [a]:  # no rows: one empty batch
+        stop = min(start + batch, b)
+        x = torch.rand((stop - start,) + shape[1:], generator=generator, dtype=torch.float32)
+        yield x.to(device=device, dtype=dtype)
 
 
 class AnnealedLangevin:
@@ -210,22 +250,37 @@ class AnnealedLangevin:
         return self.model(x, labels)
 
     def sample(self, n_or_x: int | torch.Tensor, seed: int | None = None, progress: bool = True,
-               callback: Callback | None = None) -> torch.Tensor:
+               callback: Callback | None = None, *, start: int = 0, total: int | None = None) -> torch.Tensor:
         """Draw samples: n_or_x is a count (start uniform in [0, 1) as ncsn, needs `shape`) or a starting
         batch x_init (not modified). callback(step_index, level, x) runs after every update; x is the
-        live tensor, clone it to keep it. progress=False hides the tqdm bar."""
+        live tensor, clone it to keep it. progress=False hides the tqdm bar.
+
+        start, total: these are samples start .. start + n of a run of `total` (default n) with this
+        seed: the same start rows and noise positions as that run (see the module's docstring), so a run
+        split over calls or processes gives the same samples (bitwise where the model's kernels do not
+        depend on the batch size). With x_init, the caller gives the start rows."""
         seed = resolve_seed(seed)
         self.last_seed = seed
         if isinstance(n_or_x, torch.Tensor):
             x = _check_batch("x_init", n_or_x).detach().clone()
+            n = x.shape[0]
         else:
             if isinstance(n_or_x, bool) or not isinstance(n_or_x, int) or n_or_x < 1:
                 raise ValueError(f"sample takes a sample count >= 1 or an x_init tensor, got {n_or_x!r}")
             if self.shape is None:
                 raise ValueError("sample(n) needs the shape of one sample: pass shape=(C, H, W) to "
                                  "AnnealedLangevin, or call sample(x_init) with a starting batch")
-            x = uniform_init((n_or_x,) + self.shape, seed, self.device, self.dtype)
-        return self._run(x, seed, progress, callback)
+            n = n_or_x
+        total = n if total is None else total
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0 or total < start + n:
+            raise ValueError(f"samples start .. start + n ({start} .. {start + n}) must lie within the run of "
+                             f"total = {total}")
+        if not isinstance(n_or_x, torch.Tensor):
+            assert self.shape is not None
+            rows = None if (start, total) == (0, n) else (start, start + n)
+            x = uniform_init((total,) + self.shape, seed, self.device, self.dtype, rows=rows)
+        per_sample = x[0].numel()
+        return self._run(x, seed, progress, callback, start=start * per_sample, stride=total * per_sample)
 
     def inpaint(self, reference: torch.Tensor, mask: torch.Tensor, seed: int | None = None, progress: bool = True,
                 callback: Callback | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
@@ -257,7 +312,8 @@ class AnnealedLangevin:
         return torch.where(mask, reference.to(x.dtype), x)
 
     def _run(self, x: torch.Tensor, seed: int, progress: bool, callback: Callback | None,
-             reference: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+             reference: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+             start: int = 0, stride: int | None = None) -> torch.Tensor:
         model = self.model
         training = model if isinstance(model, torch.nn.Module) and model.training else None
         if training is not None:
@@ -268,7 +324,7 @@ class AnnealedLangevin:
                 step = self._capture(x, mask) or EagerLangevinStep(self.score, x, self.backend, mask)
                 broken = annealed_langevin(step, x, self.sigmas, self.step_sizes, self.n_steps_each, seed,
                                            reference=reference, mask=mask, callback=callback, bar=bar,
-                                           backend=self.backend)
+                                           backend=self.backend, start=start, stride=stride)
                 if self.denoise:
                     # NCSNv2's last step: the posterior mean (Tweedie) at sigma_L, no noise.
                     labels = torch.full((x.shape[0],), len(self.sigmas) - 1, dtype=torch.long, device=x.device)

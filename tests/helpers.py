@@ -99,3 +99,87 @@ def make_trainer(workdir=None, n_iters=20, levels=4, **overrides):
     return Trainer(TinyScore(levels), noise_levels(1.0, 0.01, levels), BatchStream(ds, 16, settings.seed),
                    settings, Preprocess(random_flip=True), workdir=workdir, config={"name": "tiny"},
                    progress=False)
+
+
+def tiny_training(workdir=None, group=None, n_iters=6, batch_size=16):
+    """A Trainer of TinyScore on 96 bundled digits at 10 px, DDP-wrapped when group is distributed: the
+    same run whatever the number of processes (the batch is the batch of all processes together)."""
+    from fastscore.ncsn.data import BatchStream, Preprocess, TensorImages, mnist5k_dataset
+    from fastscore.ncsn.training import Trainer, TrainSettings
+    from fastscore.schedule import noise_levels
+
+    torch.manual_seed(0)  # the model's init, the same on every process
+    full = mnist5k_dataset("train", image_size=10)
+    ds = TensorImages(full.images[:96], full.labels[:96])
+    settings = TrainSettings(n_iters=n_iters, batch_size=batch_size, ema_rate=0.9, log_every=2, checkpoint_every=3,
+                             seed=11, lr=3e-3)
+    model = TinyScore(4)
+    forward = None
+    if group is not None and group.distributed:
+        forward = torch.nn.parallel.DistributedDataParallel(model)
+    return Trainer(model, noise_levels(1.0, 0.01, 4), BatchStream(ds, batch_size, settings.seed), settings,
+                   Preprocess(random_flip=True), workdir=workdir, config={"name": "tiny"}, progress=False,
+                   forward=forward, group=group)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(world, argv, timeout=120):
+    """Run `python *argv` as `world` processes with torchrun's variables (gloo on this machine), each
+    bounded by `timeout` seconds; fail with every process's output if any fails or runs over."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+        procs.append(subprocess.Popen([sys.executable, *argv], env=env, cwd=root, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs, failed = [], False
+    for rank, p in enumerate(procs):
+        try:
+            text, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            text, _ = p.communicate()
+            text += f"\n[rank {rank} ran over {timeout} s and was killed]"
+        failed |= p.returncode != 0
+        outputs.append(f"--- rank {rank} (exit {p.returncode})\n{text}")
+    if failed:
+        pytest.fail("a distributed run failed:\n" + "\n".join(outputs))
+    return outputs
+
+
+def random_inception(path):
+    """Inception weights made here: torch-fidelity's Inception-v3, randomly initialised (He initialisation,
+    which keeps the signal's scale through its ReLU layers), saved in its format at `path`."""
+    from unittest import mock
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from fastscore.ncsn import fidelity
+
+    torch.save({}, path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):  # keep the random initialisation
+            net = FeatureExtractorInceptionV3("inception-v3-compat", list(fidelity.FEATURES),
+                                              feature_extractor_weights_path=path)
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        torch.nn.init.normal_(net.fc.weight, std=0.2)
+    torch.save(net.state_dict(), path)
+    return path

@@ -106,28 +106,38 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 2
     with training.run_lock(args.workdir):  # refused here, before data and model are built, if a run holds it
         pass
-    trainer = training.build_trainer(
-        config, args.workdir, image_folder=image_folder, sample_every=args.sample_every,
-        sample_count=args.sample_count, progress=not args.quiet,
-        **({"time_limit": args.time_limit} if args.time_limit else {}),
-        **({"cuda_graph": False} if args.no_cuda_graph else {}))
-    if args.resume:
-        trainer.resume(args.workdir)
-        print(f"resuming {args.workdir} at step {trainer.step}")
-    result = trainer.train()
+    from fastscore.ncsn import distributed
+
+    group, device = distributed.init(config.fastscore.device)
+    try:
+        trainer = training.build_trainer(
+            config, args.workdir, image_folder=image_folder, sample_every=args.sample_every,
+            sample_count=args.sample_count, progress=not args.quiet, device=str(device), group=group,
+            **({"time_limit": args.time_limit} if args.time_limit else {}),
+            **({"cuda_graph": False} if args.no_cuda_graph else {}))
+        if args.resume:
+            trainer.resume(args.workdir)
+            if group.is_main:
+                print(f"resuming {args.workdir} at step {trainer.step}")
+        result = trainer.train()
+    finally:
+        distributed.finish(group)
     if result.stopped == "diverged":
-        print(f"fastscore: {result.message}", file=sys.stderr)
+        if group.is_main:
+            print(f"fastscore: {result.message}", file=sys.stderr)
         return 1
-    print(f"{result.stopped} at step {result.step} after {result.seconds:.1f} s, loss {result.last_loss:.4g}; "
-          f"checkpoint {os.path.join(args.workdir, training.CHECKPOINT_NAME)}")
+    if group.is_main:
+        print(f"{result.stopped} at step {result.step} after {result.seconds:.1f} s, loss {result.last_loss:.4g}"
+              f"{f' on {group.world} processes' if group.distributed else ''}; "
+              f"checkpoint {os.path.join(args.workdir, training.CHECKPOINT_NAME)}")
     return 128 + result.signal if result.signal else 0  # as a shell reports a run ended by a signal
 
 
-def _sampler_for(args: argparse.Namespace):
+def _sampler_for(args: argparse.Namespace, device: str | None = None):
     from fastscore.ncsn import training
     from fastscore.ncsn.data import Preprocess
 
-    model, config, ckpt = training.load_model(args.checkpoint, device=args.device, ema=not args.no_ema)
+    model, config, ckpt = training.load_model(args.checkpoint, device=device or args.device, ema=not args.no_ema)
     if args.backend is not None:
         config.fastscore.backend = args.backend
     sampler = training.make_sampler(model, config, ckpt["sigmas"], next(model.parameters()).device,
@@ -138,14 +148,37 @@ def _sampler_for(args: argparse.Namespace):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from fastscore.ncsn import distributed
+    from fastscore.ncsn.generate import generate, to_uint8, write_folder, write_npz
     from fastscore.ncsn.images import save_png
 
-    sampler, config, ckpt, preprocess = _sampler_for(args)
-    x = sampler.sample(args.n, seed=args.seed, progress=not args.quiet)
-    save_png(preprocess.invert(x), args.out, nrow=args.nrow)
+    group, device = distributed.init(args.device)
+    try:
+        sampler, config, ckpt, preprocess = _sampler_for(args, str(device))
+        images = generate(sampler, args.n, args.seed, group, batch=args.batch, progress=not args.quiet,
+                          to_image=lambda x: to_uint8(preprocess.invert(x)))
+    finally:
+        distributed.finish(group)
+    if images is None:  # not rank 0: rank 0 writes
+        return 0
+    written = []
+    if args.npz:
+        written.append(write_npz(images, args.npz))
+    if args.out_dir:
+        written.append(write_folder(images, args.out_dir) + "/")
+    if args.out or not written:
+        save_png(images.float() / 255, args.out or "samples.png", nrow=args.nrow)
+        written.append(args.out or "samples.png")
     weights = "EMA weights" if ckpt.get("ema") and not args.no_ema else "weights"
-    print(f"wrote {args.n} samples (step {ckpt['step']} {weights}, seed {sampler.last_seed}) to {args.out}")
+    where = f" on {group.world} processes" if group.distributed else ""
+    print(f"wrote {args.n} samples (step {ckpt['step']} {weights}, seed {args.seed}{where}) to {', '.join(written)}")
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fastscore.ncsn import evaluate
+
+    return evaluate.main(args)
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
@@ -256,10 +289,44 @@ def build_parser() -> argparse.ArgumentParser:
                        "and draw samples by annealed Langevin dynamics (ncsn's schedule, the config's sampling "
                        "section unless overridden); write them as one PNG grid.")
     sampling_args(p)
-    p.add_argument("--n", type=positive_int, default=64, help="number of samples (default: 64)")
+    # --num-samples: torchrun reads an abbreviation of its own options (--n: --nnodes, --nproc-per-node) even after
+    # the module's name, so under torchrun the long spelling is the one that works
+    p.add_argument("--num-samples", "--n", dest="n", type=positive_int, default=64,
+                   help="number of samples (default: 64; --n for short, except under torchrun)")
     p.add_argument("--nrow", type=positive_int, default=None, help="images per grid row (default: square)")
-    p.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
+    p.add_argument("--out", default=None, help="PNG grid to write (default: samples.png when neither --npz nor "
+                   "--out-dir is given)")
+    p.add_argument("--npz", help="also (or instead) write the samples as uint8 `samples` (N, H, W, C) in this .npz")
+    p.add_argument("--out-dir", help="also (or instead) write one PNG per sample into this folder")
+    p.add_argument("--batch", type=positive_int, help="samples per sampler call on each process (default: all of "
+                   "its share); the samples do not depend on it")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "eval", help="FID, Inception Score and KID of a checkpoint's samples (torch-fidelity)",
+        description="Draw --n samples (across processes under torchrun; one .npz), then compute FID and KID against "
+        "the run's training set (CIFAR-10 train set, an image folder, ...; its statistics are computed once and "
+        "cached) and the Inception Score, with torch-fidelity's Inception-v3. Nothing is downloaded: the weights "
+        "come from torch's hub cache or --inception-weights. Without --fid/--is/--kid, all three.")
+    sampling_args(p)
+    p.add_argument("--num-samples", "--n", dest="n", type=positive_int, default=50000,
+                   help="number of samples (default: 50000, as the paper; --n for short, except under torchrun)")
+    p.add_argument("--batch", type=positive_int, default=1000,
+                   help="samples per sampler call on each process (default: 1000); the samples do not depend on it")
+    p.add_argument("--fid", action="store_true", help="Frechet Inception Distance against the training set")
+    p.add_argument("--is", dest="inception_score", action="store_true", help="Inception Score")
+    p.add_argument("--kid", action="store_true", help="Kernel Inception Distance against the training set")
+    p.add_argument("--samples", help="evaluate this .npz (written by sample --npz or eval) instead of sampling")
+    p.add_argument("--npz", help="where to write the samples (default: RUN/eval/samples-seed<S>-n<N>.npz)")
+    p.add_argument("--data-root", help="where the training set's files are, if not where the run read them")
+    p.add_argument("--reference-limit", type=positive_int,
+                   help="use the first N training images for the reference statistics (default: all)")
+    p.add_argument("--reference-cache", help="directory of cached reference statistics "
+                   "(default: ~/.cache/fastscore/reference)")
+    p.add_argument("--inception-weights", help="torch-fidelity's Inception-v3 weights file (default: "
+                   "<torch hub cache>/checkpoints/weights-inception-2015-12-05-6726825d.pth)")
+    p.add_argument("--out", help="JSON file for the figures (default: RUN/eval/metrics-seed<S>-n<N>.json)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("inpaint", help="complete half-hidden held-out images with a trained checkpoint",
                        description="Hide half of each of N held-out images (the bundled subset's held-out split, "
@@ -316,9 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     from fastscore.backend.dispatch import BackendUnavailable
     from fastscore.ncsn.config import ConfigError
     from fastscore.ncsn.data import DataUnavailable
+    from fastscore.ncsn.fidelity import EvalUnavailable
     from fastscore.ncsn.training import CheckpointError, DeviceUnavailable, RunLocked
 
     fixable = (ConfigError, DataUnavailable, BackendUnavailable, DeviceUnavailable, CheckpointError, RunLocked,
+               EvalUnavailable,
                FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
     try:
         return args.func(args)

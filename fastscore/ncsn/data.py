@@ -196,23 +196,29 @@ class BatchStream:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2**63))
         return torch.randperm(len(self.dataset), generator=g)
 
-    def indices(self, start_step: int) -> Iterator[torch.Tensor]:
+    def indices(self, start_step: int, rows: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+        """The dataset indices of each batch; rows (a, b): only rows a .. b of each (a process's share)."""
+        a, b = rows if rows is not None else (0, self.batch_size)
         step = start_step
         while True:
             epoch, i = divmod(step, self.per_epoch)
             perm = self.permutation(epoch)
             for j in range(i, self.per_epoch):
-                yield perm[j * self.batch_size:(j + 1) * self.batch_size]
+                yield perm[j * self.batch_size + a:j * self.batch_size + b]
             step = (epoch + 1) * self.per_epoch
 
-    def batches(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless (images, labels) batches from global step `start_step` on."""
+    def batches(self, start_step: int = 0,
+                rows: tuple[int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless (images, labels) batches from global step `start_step` on; rows (a, b): rows a .. b of
+        each batch only, so that each process of a distributed run reads just its share."""
+        if rows is not None and not 0 <= rows[0] < rows[1] <= self.batch_size:
+            raise ValueError(f"rows must satisfy 0 <= a < b <= batch_size ({self.batch_size}), got {rows}")
         if isinstance(self.dataset, TensorImages):
-            for idx in self.indices(start_step):
+            for idx in self.indices(start_step, rows):
                 yield self.dataset.images[idx], self.dataset.labels[idx]
             return
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=_IndexSampler(self.indices(start_step)),
+            self.dataset, batch_sampler=_IndexSampler(self.indices(start_step, rows)),
             num_workers=self.num_workers, persistent_workers=False)
         for x, y in loader:
             yield x, torch.as_tensor(y)
@@ -238,13 +244,20 @@ class Preprocess:
     logit_transform: bool = False
     lam: float = 1e-6
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator,
+                 share: tuple[int, int] | None = None) -> torch.Tensor:
+        """share (start, total): x is rows start .. start + len(x) of a batch of `total`; the random
+        numbers are drawn for the whole batch and this share's rows kept, so that the processes of a
+        distributed run together apply what one process applies to the whole batch."""
+        n = x.shape[0]
+        start, total = share if share is not None else (0, n)
+        rows = slice(start, start + n)
         if self.random_flip:
-            flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
+            flip = (torch.rand(total, generator=generator, device=generator.device) < 0.5)[rows]
             x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
         if self.dequantize:
-            u = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device)
-            x = x / 256.0 * 255.0 + u / 256.0
+            u = torch.rand((total,) + tuple(x.shape[1:]), generator=generator, device=generator.device)[rows]
+            x = x / 256.0 * 255.0 + u.to(x.device) / 256.0
         if self.logit_transform:
             x = logit(x, self.lam)
         return x

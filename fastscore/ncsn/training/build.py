@@ -7,6 +7,7 @@ from dataclasses import asdict
 import torch
 
 from ..data import BUNDLED, BatchStream, DataSpec, Preprocess, TensorImages, get_dataset
+from ..distributed import SINGLE, Group
 from .checkpoint import load_checkpoint
 from .ema import load_averaged
 from .loop import SampleFn, Trainer, TrainSettings
@@ -91,24 +92,31 @@ def make_sampler(model, config, sigmas, device, n_steps_each: int | None = None,
         shape=(d.channels, d.image_size, d.image_size), device=device, backend=backend)
 
 
-def grid_writer(config, sigmas, directory: str, count: int, device, preprocess: Preprocess) -> SampleFn:
-    """A sample_fn that writes <directory>/step_XXXXXXX.png, the same seed each time (comparable grids)."""
+def grid_writer(config, sigmas, directory: str, count: int, device, preprocess: Preprocess,
+                group: Group = SINGLE) -> SampleFn:
+    """A sample_fn that writes <directory>/step_XXXXXXX.png, the same seed each time (comparable grids).
+    In a distributed run every process draws its share of the grid and rank 0 writes it."""
+    from ..generate import generate
     from ..images import save_png
 
     seed = config.sampling.seed if config.sampling.seed is not None else config.fastscore.seed
 
     def write(model, step):
-        x = make_sampler(model, config, sigmas, device).sample(count, seed=seed, progress=False)
-        save_png(preprocess.invert(x), os.path.join(directory, f"step_{step:07d}.png"))
+        x = generate(make_sampler(model, config, sigmas, device), count, seed, group, progress=False,
+                     to_image=preprocess.invert)
+        if x is not None:
+            save_png(x, os.path.join(directory, f"step_{step:07d}.png"))
 
     return write
 
 
 def build_trainer(config, workdir: str | None, *, image_folder: str | None = None, device=None,
-                  sample_every: int = 0, sample_count: int = 36, progress: bool = True,
+                  sample_every: int = 0, sample_count: int = 36, progress: bool = True, group: Group = SINGLE,
                   **setting_overrides) -> Trainer:
     """A Trainer for a fastscore Config (fastscore.ncsn.config.load_config): data, model, noise levels,
-    optimizer and sample grids as the config says; `setting_overrides` replace TrainSettings fields."""
+    optimizer and sample grids as the config says; `setting_overrides` replace TrainSettings fields.
+    group: the processes of a torchrun launch (fastscore.ncsn.distributed.init, which also gives each its
+    device); the network is then wrapped in DistributedDataParallel."""
     from ..config import get_sigmas
 
     device = resolve_device(device or config.fastscore.device)
@@ -118,17 +126,22 @@ def build_trainer(config, workdir: str | None, *, image_folder: str | None = Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)  # the initial weights are a function of the run's seed
         model = build_model_for(config, device)
-    forward = torch.compile(model) if config.fastscore.compile else None
+    forward = None
+    if group.distributed:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.fastscore.compile:
+        forward = torch.compile(forward if forward is not None else model)
     sigmas = get_sigmas(config)
     preprocess = preprocess_from_config(config)
     sample_fn = None
     if workdir is not None and sample_count > 0:
         sample_fn = grid_writer(config, sigmas, os.path.join(workdir, "samples"), sample_count, device,
-                                preprocess)
+                                preprocess, group)
     stream = BatchStream(dataset, settings.batch_size, settings.seed, config.fastscore.num_workers)
     return Trainer(model, sigmas, stream, settings, preprocess, workdir=workdir, config=config.to_dict(),
                    sample_fn=sample_fn, progress=progress, forward=forward,
-                   meta={"data": asdict(spec), "images": len(dataset)})
+                   meta={"data": asdict(spec), "images": len(dataset)}, group=group)
 
 
 def load_model(checkpoint: str | dict, device=None, ema: bool = True):

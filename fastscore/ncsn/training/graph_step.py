@@ -27,6 +27,10 @@ def unavailable_reason(trainer: Trainer) -> str | None:
 
     if trainer.device.type != "cuda":
         return f"the model is on {trainer.device}, not a CUDA GPU"
+    if trainer.group.distributed:
+        # DDP all-reduces the gradients from autograd hooks between backward and the optimizer step; that
+        # traffic is not part of a captured graph here (not tried: no multi-GPU machine to test it on).
+        return "training runs on several processes (DDP), whose gradient all-reduce the captured step does not hold"
     backend = dispatch.resolve_name(trainer.settings.backend, trainer.device)
     if backend == "torch":
         return "the torch backend reads the noise stream's position on the host (ext and triton do not)"

@@ -18,6 +18,13 @@ noise (seed, offset) and generator states, so `resume` continues bit for bit whe
 Checkpoints are written atomically (temporary file in the same directory, fsync, os.replace), every
 `checkpoint_every` steps, at the end, at a time limit, and on Ctrl-C (the first press finishes the
 current step and saves; a second press aborts at once, leaving the last checkpoint).
+
+Under torchrun (fastscore.ncsn.distributed) each of W processes trains on its share of every batch: the
+batch size is the whole batch of all processes, each process reads rows [a, b) of it, keeps rows a .. b of
+the labels, flips and dequantization noise drawn for the whole batch, and reads the noise stream at the
+positions of its rows; DDP averages the gradients. So W processes compute what one process computes on
+the whole batch (to the order of float sums), every process holds the same weights, optimizer and EMA
+state, and a run can resume on another number of processes. Rank 0 alone writes checkpoints and logs.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ from tqdm import tqdm
 from ...noise import MAX_SEED
 from ...ops import dsm_loss, perturb
 from ..data import BatchStream, Preprocess
+from ..distributed import SINGLE, Group
 from . import graph_step
 from .checkpoint import CHECKPOINT_NAME, FORMAT, FORMAT_VERSION, load_checkpoint, save_atomic
 from .ema import EMA
@@ -180,13 +188,15 @@ class Trainer:
     to sample from (the EMA copy when EMA is on); the CLI passes one that writes a PNG grid.
     forward: what to call instead of model (e.g. torch.compile(model)); it must share model's weights.
     meta: a plain dict stored beside the config (e.g. which dataset files were used).
+    group: the processes of a distributed run (fastscore.ncsn.distributed); forward is then the DDP
+    module around model. The stream's batch size is the batch of all processes together.
     """
 
     def __init__(self, model: torch.nn.Module, sigmas: torch.Tensor, stream: BatchStream,
                  settings: TrainSettings, preprocess: Preprocess | None = None,
                  workdir: str | None = None, config: dict | None = None,
                  sample_fn: SampleFn | None = None, progress: bool = True, forward: Callable | None = None,
-                 meta: dict | None = None):
+                 meta: dict | None = None, group: Group | None = None):
         sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
         if sigmas.dim() != 1 or sigmas.numel() < 1 or not bool((sigmas > 0).all()):
             raise ValueError("sigmas must be a non-empty 1-D tensor of positive noise levels")
@@ -202,10 +212,18 @@ class Trainer:
         self.sample_fn = sample_fn
         self.progress = progress
         self.forward = forward if forward is not None else model
+        self.group = group or SINGLE
+        if stream.batch_size % self.group.world:
+            raise ValueError(f"the batch size ({stream.batch_size}, the batch of all processes together) must be a "
+                             f"multiple of the number of processes ({self.group.world}); set --batch-size")
+        self.rows = self.group.share(stream.batch_size)  # this process's rows of every batch
         why_not = graph_step.unavailable_reason(self)
         if settings.cuda_graph and why_not:
             raise ValueError(f"cuda_graph=True cannot capture the training step: {why_not}")
         self.captured = settings.cuda_graph is not False and why_not is None
+        if settings.cuda_graph is None and self.group.distributed and self.device.type == "cuda" and self.group.is_main:
+            print(f"fastscore: the CUDA-graph training step is off: {why_not}; every step runs eagerly",
+                  file=sys.stderr, flush=True)
         self.graph_step: graph_step.CapturedTrainStep | None = None
         self.optimizer = make_optimizer(model.parameters(), settings, capturable=self.captured)
         self.ema = EMA(model, settings.ema_rate) if settings.ema_rate > 0 else None
@@ -259,10 +277,15 @@ class Trainer:
         return loss.detach()
 
     def train_step(self, batch: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(batch.to(self.device, torch.float32, non_blocking=True), self.generator)
-        labels = self.draw_labels(x.shape[0])
-        seed, offset, step = self.noise_seed, self.noise_offset, self.step + 1
-        self.noise_offset += x.numel()
+        """One step on this process's rows of a batch (the whole batch in a one-process run)."""
+        x = batch.to(self.device, torch.float32, non_blocking=True)
+        a = self.rows[0] if self.group.distributed else 0
+        total = self.stream.batch_size if self.group.distributed else x.shape[0]
+        x = self.preprocess(x, self.generator, share=(a, total))
+        labels = self.draw_labels(total)[a:a + x.shape[0]]
+        per_sample = x[0].numel()
+        seed, offset, step = self.noise_seed, self.noise_offset + a * per_sample, self.step + 1
+        self.noise_offset += total * per_sample
         if self.captured and self.graph_step is None:
             self.graph_step = graph_step.CapturedTrainStep(self)
         if self.graph_step is not None and self.graph_step.accepts(x):
@@ -284,7 +307,8 @@ class Trainer:
             "sigmas": self.sigmas.cpu(),
             "noise": {"seed": self.noise_seed, "offset": self.noise_offset},
             "rng": rng,
-            "data": {"seed": self.stream.seed, "batch_size": self.stream.batch_size},
+            "data": {"seed": self.stream.seed, "batch_size": self.stream.batch_size,
+                     "world_size": self.group.world},
             "settings": asdict(self.settings),
             "preprocess": asdict(self.preprocess),
             "config": self.config,
@@ -319,6 +343,13 @@ class Trainer:
         if ckpt["data"]["batch_size"] != self.stream.batch_size or ckpt["data"]["seed"] != self.stream.seed:
             raise ValueError("the data order (batch size or seed) differs from the checkpoint's; "
                              "resume with the run's own settings")
+        saved_world = int(ckpt["data"].get("world_size", 1))
+        if saved_world != self.group.world and self.group.is_main:
+            print(f"fastscore: resuming a run trained by {saved_world} process(es) with {self.group.world}: the "
+                  f"batch ({self.stream.batch_size} in all), the data order and the noise stream are the run's "
+                  "own, so it continues the same trajectory, but the gradients are summed in another order: the "
+                  f"weights match an uninterrupted {saved_world}-process run to float rounding, not bit for bit "
+                  "(resume with the same number of processes for that)", file=sys.stderr, flush=True)
 
     def weights_finite(self) -> bool:
         """Whether every weight (and EMA weight) is finite: one host sync."""
@@ -326,12 +357,20 @@ class Trainer:
         return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
     def divergence(self) -> str | None:
-        """None while the run is healthy, else one line saying where it diverged and what to do."""
+        """None while the run is healthy, else one line saying where it diverged and what to do. In a
+        distributed run every process calls it at the same step and all get the same verdict."""
         found = self.watch.found()
-        if found is None and self.weights_finite():
+        healthy = found is None and self.weights_finite()
+        (anywhere,) = self.group.any(not healthy)
+        if not anywhere:
             return None
-        where = (f"the loss became non-finite at step {found[0]} (noise level {found[1]}, sigma "
-                 f"{self.sigmas[found[1]].item():.4g})") if found else f"the weights are non-finite at step {self.step}"
+        if healthy:
+            where = f"the loss became non-finite on another process by step {self.step}"
+        elif found:
+            where = (f"the loss became non-finite at step {found[0]} (noise level {found[1]}, sigma "
+                     f"{self.sigmas[found[1]].item():.4g})")
+        else:
+            where = f"the weights are non-finite at step {self.step}"
         kept = (f"the last checkpoint in {self.workdir} is from before it and was kept" if self.workdir
                 else "nothing was saved")
         lr = self.optimizer.param_groups[0]["lr"]
@@ -339,6 +378,9 @@ class Trainer:
                 f"{self.workdir or 'WORKDIR'} --resume --set optim.lr={lr / 4:g}")
 
     def save(self, path: str | None = None) -> str | None:
+        """Write the checkpoint (rank 0 only: every process holds the same state)."""
+        if not self.group.is_main:
+            return None
         if path is None:
             if self.workdir is None:
                 return None
@@ -363,16 +405,17 @@ class Trainer:
     def _train(self, n_iters: int | None, bar: tqdm | None) -> TrainResult:
         s = self.settings
         n_iters = s.n_iters if n_iters is None else n_iters
-        logger = Logger(self.workdir) if self.workdir else None
+        main = self.group.is_main
+        logger = Logger(self.workdir) if self.workdir and main else None
         start_step, t0 = self.step, time.perf_counter()
-        batches = self.stream.batches(self.step)
+        batches = self.stream.batches(self.step, self.rows if self.group.distributed else None)
         losses: list[tuple[int, float]] = []
         window_loss, window_steps, window_t = torch.zeros((), device=self.device), 0, t0
         stopped, last = "done", float("nan")
         own_bar = bar is None
         if own_bar:
-            bar = tqdm(total=n_iters, initial=self.step, desc="train", unit="it", disable=not self.progress,
-                       dynamic_ncols=True)
+            bar = tqdm(total=n_iters, initial=self.step, desc="train", unit="it",
+                       disable=not (self.progress and main), dynamic_ncols=True)
         warned, diverged = False, None
         self.model.train()
         try:
@@ -385,7 +428,7 @@ class Trainer:
                     bar.update(1)
                     now = time.perf_counter()
                     if self.step % s.log_every == 0 or self.step == n_iters:
-                        last = float(window_loss) / window_steps  # one sync per interval
+                        last = float(self.group.mean(window_loss)) / window_steps  # one sync per interval
                         if not math.isfinite(last):
                             diverged = self.divergence()
                             if diverged:
@@ -402,7 +445,7 @@ class Trainer:
                         remaining = (s.time_limit - (now - t0)) if s.time_limit else float("inf")
                         message = eta_warning((now - t0) / (self.step - start_step), n_iters - self.step,
                                               remaining, self.device)
-                        if message:
+                        if message and main:
                             tqdm.write(message, file=sys.stderr)
                     if s.checkpoint_every and self.step % s.checkpoint_every == 0:
                         diverged = self.divergence()
@@ -412,10 +455,13 @@ class Trainer:
                     if self.sample_fn and s.sample_every and self.step % s.sample_every == 0 \
                             and self.step < n_iters:
                         self.sample_fn(self.sampling_model(), self.step)
-                    if interrupt["stop"]:
+                    # every process stops at the same step, whichever of them got the signal or ran out of time
+                    signalled, out_of_time = self.group.any(interrupt["stop"],
+                                                            bool(s.time_limit) and now - t0 >= s.time_limit)
+                    if signalled:
                         stopped = "interrupted"
                         break
-                    if s.time_limit and now - t0 >= s.time_limit:
+                    if out_of_time:
                         stopped = "time_limit"
                         break
         finally:
@@ -425,7 +471,7 @@ class Trainer:
                 logger.close()
         seconds = time.perf_counter() - t0
         if window_steps and not diverged:
-            last = float(window_loss) / window_steps
+            last = float(self.group.mean(window_loss)) / window_steps
             losses.append((self.step, last))
         diverged = diverged or self.divergence()
         if diverged:  # the checkpoint on disk predates the divergence: keep it
