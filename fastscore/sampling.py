@@ -23,7 +23,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch.types import Device
@@ -171,14 +171,17 @@ def _check_levels(levels: int | Sequence[int] | None, n: int) -> tuple[int, ...]
     (an int k), or the given indices (increasing)."""
     if levels is None:
         return tuple(range(n))
-    if isinstance(levels, int) and not isinstance(levels, bool):
+    if isinstance(levels, bool):
+        raise ValueError(f"levels must be None, an int or a sequence of level indices, got {levels!r}")
+    if isinstance(levels, int):
         if not 1 <= levels <= n:
             raise ValueError(f"levels must be between 1 and the {n} trained levels, got {levels}")
         if levels == 1:
             return (n - 1,)
         return tuple(sorted({round(i * (n - 1) / (levels - 1)) for i in range(levels)}))
     chosen = tuple(int(i) for i in levels)
-    if not chosen or any(not 0 <= i < n for i in chosen) or any(b <= a for a, b in zip(chosen, chosen[1:])):
+    increasing = all(a < b for a, b in zip(chosen, chosen[1:], strict=False))
+    if not chosen or not increasing or any(not 0 <= i < n for i in chosen):
         raise ValueError(f"levels must be increasing indices into the {n} trained levels, got {list(chosen)}")
     return chosen
 
@@ -254,7 +257,7 @@ class LadderSampler:
     def ladder(self) -> list[tuple[int, float, float]]:
         """(label, sigma, next sigma) of each visited level; the next sigma of the last one is 0."""
         sigmas = [self.sigmas[i] for i in self.levels]
-        return [(label, sigma, nxt) for label, sigma, nxt in zip(self.levels, sigmas, sigmas[1:] + [0.0])]
+        return [(label, sigma, nxt) for label, sigma, nxt in zip(self.levels, sigmas, sigmas[1:] + [0.0], strict=True)]
 
     @property
     def n_steps(self) -> int:
@@ -401,9 +404,9 @@ class AnnealedLangevin(LadderSampler):
         n_steps_each: int = 100,
         step_lr: float = 2e-5,
         denoise: bool = False,
-        **common: object,
+        **common: Any,
     ):
-        super().__init__(model, sigmas, **common)  # type: ignore[arg-type]
+        super().__init__(model, sigmas, **common)
         self.n_steps_each = _check_positive_int("n_steps_each", n_steps_each)
         self.step_lr = _check_positive_number("step_lr", step_lr)
         self.denoise = bool(denoise)

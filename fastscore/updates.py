@@ -4,15 +4,16 @@ An update has a kind, the level labels its network calls are conditioned on, and
 coefficients, numbers (eager) or one-element device tensors (a captured CUDA graph reads them there):
 
     STEP       labels (i,),   coeffs (b, c):  x <- x + b s_i(x) + c z          (c None: sqrt(2 b))
-    CORRECTOR  labels (i,),   coeffs (r, alpha):
-               eps = 2 alpha (r / mean_n ||s_i(x)_n||)^2,  x <- x + eps s_i(x) + sqrt(2 eps) z
+    CORRECTOR  labels (i,),   coeffs (snr, alpha):
+               eps = 2 alpha (snr E||z_n|| / mean_n ||s_i(x)_n||)^2,  x <- x + eps s_i(x) + sqrt(2 eps) z
     HEUN       labels (i, j), coeffs (h_i, h_j):
                x <- x + (h_i s_i(x) + h_j s_j(x + h_i s_i(x))) / 2                (no noise)
 
 Annealed Langevin, consistent annealed sampling, the SMLD reverse diffusion and the probability-flow
 Euler step are STEP updates with their own (b, c); the predictor-corrector's Langevin corrector is
-CORRECTOR, whose one reduction is the per-sample norm of the score (r is snr times the expected norm
-of the noise, a constant of the sample size, so the noise is drawn once, by the fused step); Heun's
+CORRECTOR, whose one reduction is the per-sample norm of the score (score_sde divides by the drawn
+noise's norm; its expectation over a sample's D elements is used instead, a constant within 1/sqrt(D)
+of it, so the noise is drawn once, by the fused step); Heun's
 step is HEUN. Every one runs as fastscore.langevin_step_ calls, so every backend runs them and the
 noise is the stream of docs/DESIGN.md section 3 at the offset the sampling loop hands in.
 """
@@ -71,12 +72,13 @@ def expected_noise_norm(numel: int) -> float:
     return math.sqrt(2.0) * math.exp(math.lgamma((numel + 1) / 2) - math.lgamma(numel / 2))
 
 
-def corrector_step_size(score: torch.Tensor, r: Number, alpha: Number) -> torch.Tensor:
-    """The Langevin corrector's step 2 alpha (r / mean_n ||score_n||)^2 as a 0-dim device tensor (the
-    one reduction of the update; nothing is read back to the host)."""
+def corrector_step_size(score: torch.Tensor, snr: Number, alpha: Number) -> torch.Tensor:
+    """The Langevin corrector's step 2 alpha (snr E||z_n|| / mean_n ||score_n||)^2 as a 0-dim device
+    tensor (the one reduction of the update; nothing is read back to the host)."""
     dtype = torch.float64 if score.dtype == torch.float64 else torch.float32
     norm = torch.linalg.vector_norm(score.reshape(score.shape[0], -1).to(dtype), dim=1).mean()
-    return 2.0 * alpha * (r / norm) ** 2
+    step: torch.Tensor = 2.0 * alpha * (snr * expected_noise_norm(score[0].numel()) / norm) ** 2
+    return step
 
 
 def apply(kind: str, score: Score, x: torch.Tensor, labels: Sequence[torch.Tensor], coeffs: Sequence[Coefficient],
@@ -87,10 +89,10 @@ def apply(kind: str, score: Score, x: torch.Tensor, labels: Sequence[torch.Tenso
         assert b is not None
         langevin_step_(x, score(x, labels[0]), b, seed, offset, c, backend=backend)
     elif kind == CORRECTOR:
-        r, alpha = coeffs
-        assert r is not None and alpha is not None
+        snr, alpha = coeffs
+        assert snr is not None and alpha is not None
         s = score(x, labels[0])
-        eps = corrector_step_size(s, r, alpha)
+        eps = corrector_step_size(s, snr, alpha)
         langevin_step_(x, s, eps, seed, offset, torch.sqrt(2.0 * eps), backend=backend)
     elif kind == HEUN:
         h_i, h_j = coeffs
