@@ -1,4 +1,6 @@
 """`fastscore sample / inpaint` with --sampler, and with checkpoints as ermongroup/ncsn and ncsnv2 publish them."""
+import json
+
 import pytest
 import torch
 import yaml
@@ -103,3 +105,42 @@ def test_sampler_arguments_that_do_not_fit_are_one_line_errors(args, message, tm
     assert main(["sample", str(path), "--config", str(config_path), "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_compare_samplers_reports_each_spec(tmp_path, capsys, monkeypatch):
+    from fastscore.ncsn import compare, metrics
+
+    real_train = metrics.train_classifier
+    monkeypatch.setattr(metrics, "train_classifier", lambda seed=0: real_train(epochs=1, width=8, seed=seed))
+    path, config_path, _ = published(tmp_path, "CondRefineNetDilated")
+    out = tmp_path / "cmp"
+    assert main(["compare-samplers", str(path), "--config", str(config_path), "--samplers", "langevin:2",
+                 "reverse", "euler,levels=2", "--seeds", "2", "--n", "3", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "samplers.json").read_text())
+    rows = {r["spec"]: r for r in report["rows"]}
+    assert [r["spec"] for r in report["rows"]] == ["langevin:2", "reverse", "euler,levels=2"]
+    assert rows["langevin:2"]["evaluations"] == 3 * 2 + 1 and rows["reverse"]["evaluations"] == 3
+    assert rows["euler,levels=2"]["evaluations"] == 2
+    assert all(len(r["runs"]) == 2 and 0.0 < r["mean_confidence"] <= 1.0 for r in report["rows"])
+    seeds_differ = rows["reverse"]["runs"][0]["mean_confidence"] != rows["reverse"]["runs"][1]["mean_confidence"]
+    assert seeds_differ
+    assert report["checkpoint"]["published"] == "ncsn" and len(report["checkpoint"]["sha256"]) == 12
+    assert report["command"].startswith("fastscore compare-samplers")
+    assert "| `reverse` (reverse diffusion) | 3 |" in capsys.readouterr().out
+    assert (out / "samplers.md").read_text() == compare.markdown(report)
+
+
+def test_goal_picks_cheap_samplers_close_to_the_baseline():
+    from fastscore.ncsn.compare import goal
+
+    rows = [{"spec": "base", "evaluations": 200, "mean_confidence": 0.80},
+            {"spec": "cheap-good", "evaluations": 40, "mean_confidence": 0.785},
+            {"spec": "cheap-bad", "evaluations": 40, "mean_confidence": 0.77},
+            {"spec": "dear-good", "evaluations": 41, "mean_confidence": 0.9}]
+    assert goal(rows) == ["cheap-good"]
+
+
+@pytest.mark.parametrize("text", ["nope", "pc:x", "pc:2,foo=1", "pc:2,snr"])
+def test_bad_specs_are_one_line_errors(text, tmp_path, capsys):
+    assert main(["compare-samplers", str(tmp_path), "--samplers", text, "--quiet"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
