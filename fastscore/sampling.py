@@ -358,11 +358,16 @@ class LadderSampler:
             label, t = self.first_nonfinite
             count = next(len(level.updates) for level in plan if level.label == label)
             warnings.warn(f"samples became non-finite at noise level {label} (sigma {self.sigmas[label]:.4g}), "
-                          f"{self.name} step {t} of {count}: {self._divergence_hint()}", RuntimeWarning,
+                          f"{self.step_noun} {t} of {count}: {self._divergence_hint()}", RuntimeWarning,
                           stacklevel=3)
         if self.clamp is not None:
             x.clamp_(*self.clamp)
         return x
+
+    @property
+    def step_noun(self) -> str:
+        """What its warnings call one update."""
+        return f"{self.name} step"
 
     def _divergence_hint(self) -> str:
         return "try smaller steps"
@@ -396,6 +401,7 @@ class AnnealedLangevin(LadderSampler):
     """
 
     name = "annealed Langevin"
+    step_noun = "Langevin step"
 
     def __init__(
         self,

@@ -314,9 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="langevin: annealed Langevin (default); consistent: consistent annealed sampling; "
                        "reverse: SMLD reverse diffusion (ancestral); pc: predictor-corrector (reverse diffusion + "
                        "Langevin corrector); euler, heun: the deterministic probability-flow ODE")
-        p.add_argument("--steps", "--steps-each", dest="steps", type=positive_int,
+        p.add_argument("--steps", type=positive_int,
                        help="updates per noise level: Langevin steps (default: the config's), consistent steps "
                        "(default 1), corrector steps of pc (default 1)")
+        p.add_argument("--steps-each", dest="steps", type=positive_int, help="the same as --steps (its older name)")
         p.add_argument("--levels", type=positive_int,
                        help="visit this many of the trained noise levels, evenly spaced, first and last included "
                        "(default: all)")
