@@ -39,7 +39,8 @@ if not any(isinstance(finder, _CheckoutKernels) for finder in sys.meta_path):
 _EXPORTS = {
     "cond_instance_norm_plus": ".ops", "perturb": ".ops", "dsm_loss": ".ops", "langevin_step_": ".ops",
     "randn": ".ops", "backends": ".backend.dispatch", "BackendUnavailable": ".backend.dispatch",
-    "AnnealedLangevin": ".sampling",
+    "AnnealedLangevin": ".sampling", "ConsistentAnnealed": ".samplers", "ReverseDiffusion": ".samplers",
+    "PredictorCorrector": ".samplers", "ProbabilityFlow": ".samplers",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -66,3 +66,19 @@ def test_graph_inpainting_matches_eager():
     graphed = AnnealedLangevin(model, SIGMAS, cuda_graph=True, **kwargs).inpaint(reference, mask, seed=3,
                                                                                  progress=False)
     torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("name, options", [("consistent", dict(eta=0.6, steps=2)), ("reverse", {}),
+                                           ("pc", dict(steps=2)), ("euler", {}), ("heun", {})])
+def test_every_sampler_replays_its_eager_trajectory(name, options):
+    from fastscore.samplers import create
+
+    if dispatch.resolve_name(None, "cuda") == "torch":
+        pytest.skip("no fused backend on CUDA")
+    torch.manual_seed(2)
+    model = TinyScore().cuda()
+    x0 = torch.rand(4, 3, 8, 8, device="cuda")
+    eager = create(name, model, SIGMAS, cuda_graph=False, **options).sample(x0, seed=5, progress=False)
+    graphed = create(name, model, SIGMAS, cuda_graph=True, **options).sample(x0, seed=5, progress=False)
+    torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)

@@ -133,18 +133,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 128 + result.signal if result.signal else 0  # as a shell reports a run ended by a signal
 
 
+SAMPLER_NAMES = ("langevin", "consistent", "reverse", "pc", "euler", "heun")  # fastscore.samplers.SAMPLERS
+# the options that only some samplers take, and which
+ONLY_FOR = {"step_lr": ("langevin",), "denoise": ("langevin",), "eta": ("consistent",), "snr": ("pc",),
+            "steps": ("langevin", "consistent", "pc")}
+
+
+def sampler_option_error(name: str, args: argparse.Namespace) -> str | None:
+    """A one-line error when an option is given to a sampler that does not take it, else None."""
+    for attr, names in ONLY_FOR.items():
+        if getattr(args, attr, None) not in (None, False) and name not in names:
+            flag = "--" + attr.replace("_", "-")
+            hint = " (it takes one step per noise level: choose fewer --levels)" if attr == "steps" else ""
+            return f"{flag} is for the {' and '.join(names)} sampler{'s' if len(names) > 1 else ''}, " \
+                   f"not {name}{hint}"
+    return None
+
+
+def sampler_options(args: argparse.Namespace) -> dict:
+    """The sampler-specific keyword arguments the command line gives (only those set)."""
+    return {key: getattr(args, key) for key in ("eta", "snr") if getattr(args, key, None) is not None}
+
+
+class UsageError(ValueError):
+    """Arguments that do not fit together (reported in one line, exit code 2)."""
+
+
 def _sampler_for(args: argparse.Namespace, device: str | None = None):
     from fastscore.ncsn import training
     from fastscore.ncsn.data import Preprocess
 
-    model, config, ckpt = training.load_model(args.checkpoint, device=device or args.device, ema=not args.no_ema)
+    problem = sampler_option_error(args.sampler, args)
+    if problem:
+        raise UsageError(problem)
+
+    model, config, ckpt = training.load_model(args.checkpoint, device=device or args.device, ema=not args.no_ema,
+                                              config=args.config)
     if args.backend is not None:
         config.fastscore.backend = args.backend
-    sampler = training.make_sampler(model, config, ckpt["sigmas"], next(model.parameters()).device,
-                                    n_steps_each=args.steps_each, step_lr=args.step_lr,
-                                    denoise=True if args.denoise else None)
+    try:
+        sampler = training.make_sampler(model, config, ckpt["sigmas"], next(model.parameters()).device,
+                                        n_steps_each=args.steps, step_lr=args.step_lr,
+                                        denoise=True if args.denoise else None, sampler=args.sampler,
+                                        levels=args.levels, **sampler_options(args))
+    except ValueError as exc:  # a sampler argument out of range for this run (eta, levels, ...)
+        raise UsageError(str(exc)) from exc
     preprocess = Preprocess(**ckpt["preprocess"])
     return sampler, config, ckpt, preprocess
+
+
+def _describe(sampler, ckpt, no_ema: bool) -> str:
+    weights = "EMA weights" if ckpt.get("ema") and not no_ema else "weights"
+    source = f"ermongroup/{ckpt['published']} " if ckpt.get("published") else ""
+    return (f"{source}step {ckpt['step']} {weights}, {sampler.name}, {sampler.evaluations} network evaluations "
+            f"per image, seed {sampler.last_seed}")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -169,9 +211,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.out or not written:
         save_png(images.float() / 255, args.out or "samples.png", nrow=args.nrow)
         written.append(args.out or "samples.png")
-    weights = "EMA weights" if ckpt.get("ema") and not args.no_ema else "weights"
     where = f" on {group.world} processes" if group.distributed else ""
-    print(f"wrote {args.n} samples (step {ckpt['step']} {weights}, seed {args.seed}{where}) to {', '.join(written)}")
+    print(f"wrote {args.n} samples ({_describe(sampler, ckpt, args.no_ema)}{where}) to {', '.join(written)}")
     return 0
 
 
@@ -199,8 +240,31 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
                              seed=args.seed, progress=not args.quiet)
     grid = inpaint_grid(refs, mask, preprocess.invert(filled).cpu(), args.per_image)
     save_png(grid, args.out, nrow=args.n)
-    print(f"wrote {args.n} images x {args.per_image} completions (kept the {args.keep} half; rows: input, "
-          f"completions, original) to {args.out}")
+    print(f"wrote {args.n} images x {args.per_image} completions ({_describe(sampler, ckpt, args.no_ema)}; kept "
+          f"the {args.keep} half; rows: input, completions, original) to {args.out}")
+    return 0
+
+
+def cmd_compare_samplers(args: argparse.Namespace) -> int:
+    from fastscore.ncsn import compare
+
+    try:
+        specs = [compare.parse_spec(text) for text in args.samplers or compare.DEFAULT_SPECS]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        report = compare.compare(args.run, specs, seeds=args.seeds, n=args.n, device=args.device,
+                                 progress=not args.quiet, config=args.config)
+    except ValueError as exc:  # a spec that does not fit this run (eta, levels), or a run the classifier cannot judge
+        raise UsageError(str(exc)) from exc
+    report["command"] = "fastscore " + " ".join(args.argv)
+    paths = compare.write(report, args.out)
+    print(compare.markdown(report))
+    print(f"wrote {paths[0]} and {paths[1]}")
     return 0
 
 
@@ -274,20 +338,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     def sampling_args(p):
-        p.add_argument("checkpoint", help="a checkpoint file or a run directory (holding checkpoint.pt)")
+        p.add_argument("checkpoint", help="a checkpoint file or a run directory (holding checkpoint.pt); also an "
+                       "ermongroup/ncsn or ncsnv2 checkpoint file as published (with --config)")
+        p.add_argument("--config", help="for an ncsn/ncsnv2 checkpoint: the config it was trained with, a packaged "
+                       "one (mnist, cifar10, celeba) or its YAML (a fastscore checkpoint holds its own)")
         p.add_argument("--seed", type=int, default=0, help="seed of the start and the noise stream (default: 0)")
-        p.add_argument("--steps-each", type=positive_int, help="Langevin steps per noise level (default: the config's)")
-        p.add_argument("--step-lr", type=positive_float, help="step size at the smallest sigma (default: the config's)")
-        p.add_argument("--denoise", action="store_true", help="finish with NCSNv2's noise-free denoising step")
+        p.add_argument("--sampler", choices=SAMPLER_NAMES, default="langevin",
+                       help="langevin: annealed Langevin (default); consistent: consistent annealed sampling; "
+                       "reverse: SMLD reverse diffusion (ancestral); pc: predictor-corrector (reverse diffusion + "
+                       "Langevin corrector); euler, heun: the deterministic probability-flow ODE")
+        p.add_argument("--steps", type=positive_int,
+                       help="updates per noise level: Langevin steps (default: the config's), consistent steps "
+                       "(default 1), corrector steps of pc (default 1)")
+        p.add_argument("--steps-each", dest="steps", type=positive_int, help="the same as --steps (its older name)")
+        p.add_argument("--levels", type=positive_int,
+                       help="visit this many of the trained noise levels, evenly spaced, first and last included "
+                       "(default: all)")
+        p.add_argument("--step-lr", type=positive_float, help="langevin: step size at the smallest sigma "
+                       "(default: the config's)")
+        p.add_argument("--denoise", action="store_true", help="langevin: finish with NCSNv2's noise-free denoising "
+                       "step (the other samplers always end on it)")
+        p.add_argument("--eta", type=positive_float, help="consistent: step as a fraction of sigma_i^2 (default 1)")
+        p.add_argument("--snr", type=positive_float, help="pc: the corrector's signal-to-noise ratio (default 0.16)")
         p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
         p.add_argument("--device", default=None, help="auto (default), cpu, cuda ...")
         p.add_argument("--backend", choices=("auto", "torch", "triton", "ext"), help="op backend")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("sample", help="draw samples from a trained checkpoint by annealed Langevin dynamics",
-                       description="Load a checkpoint written by `fastscore train` (EMA weights when it has them) "
-                       "and draw samples by annealed Langevin dynamics (ncsn's schedule, the config's sampling "
-                       "section unless overridden); write them as one PNG grid.")
+    p = sub.add_parser("sample", help="draw samples from a trained checkpoint (annealed Langevin or another sampler)",
+                       description="Load a checkpoint written by `fastscore train` (EMA weights when it has them), or "
+                       "one published by ermongroup/ncsn or ncsnv2 with --config, and draw samples by annealed "
+                       "Langevin dynamics (ncsn's schedule, the config's sampling section unless overridden) or "
+                       "the --sampler chosen; write them as one PNG grid.")
     sampling_args(p)
     # --num-samples: torchrun reads an abbreviation of its own options (--n: --nnodes, --nproc-per-node) even after
     # the module's name, so under torchrun the long spelling is the one that works
@@ -331,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inpaint", help="complete half-hidden held-out images with a trained checkpoint",
                        description="Hide half of each of N held-out images (the bundled subset's held-out split, "
                        "or the dataset's test split) and fill it by annealed Langevin inpainting (ncsn's: the "
-                       "known half is re-noised to each level). Writes a grid: row 1 the inputs (hidden half "
-                       "grey), then --per-image completions, then the originals.")
+                       "known half is re-noised to each level) or the --sampler chosen. Writes a grid: row 1 the "
+                       "inputs (hidden half grey), then --per-image completions, then the originals.")
     sampling_args(p)
     p.add_argument("--n", type=positive_int, default=10,
                    help="number of images (default: 10, one per class when possible)")
@@ -341,6 +423,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which half is kept (default: top; the bottom half is filled in)")
     p.add_argument("--out", default="inpaint.png", help="PNG to write (default: inpaint.png)")
     p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser(
+        "compare-samplers", help="network evaluations and digit-classifier quality of each sampler on a trained run",
+        description="Sample a trained MNIST run (a run directory or checkpoint file, fastscore's or ncsn's with "
+        "--config) with each sampler spec and several seeds, judge the samples with the demo's digit classifier, "
+        "and print a table (network evaluations per image, mean confidence, the share confident at 0.9, classes "
+        "covered, seconds per run); writes OUT/samplers.md and OUT/samplers.json with the checkpoint's identity "
+        "and the machine's load. A spec is NAME[:STEPS][,KEY=VALUE...] with NAME one of "
+        f"{', '.join(SAMPLER_NAMES)}, STEPS the updates per level, keys eta, snr, step_lr, levels, denoise; "
+        "e.g. consistent:8,eta=0.5. The first spec is the baseline the goal line compares with.")
+    p.add_argument("run", help="a run directory or checkpoint file")
+    p.add_argument("--samplers", nargs="+", metavar="SPEC", default=None,
+                   help="sampler specs (default: langevin as the run's config samples, then a few of each sampler)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per sampler, 0, 1, ... (default: 3)")
+    p.add_argument("--n", type=positive_int, default=100, help="samples per run (default: 100)")
+    p.add_argument("--config", help="for an ncsn/ncsnv2 checkpoint: the config it was trained with")
+    p.add_argument("--out", default="compare-samplers", help="directory for the report (default: compare-samplers)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_compare_samplers)
 
     p = sub.add_parser(
         "demo", help="train, sample and inpaint a small NCSN on the bundled MNIST subset, with a report",
@@ -376,6 +479,7 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:  # noq
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a report records as its command
     if not args.debug:
         import warnings
 
@@ -386,8 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     from fastscore.ncsn.fidelity import EvalUnavailable
     from fastscore.ncsn.training import CheckpointError, DeviceUnavailable, RunLocked
 
-    fixable = (ConfigError, DataUnavailable, BackendUnavailable, DeviceUnavailable, CheckpointError, RunLocked,
-               EvalUnavailable,
+    fixable = (UsageError, ConfigError, DataUnavailable, BackendUnavailable, DeviceUnavailable, CheckpointError,
+               RunLocked, EvalUnavailable,
                FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
     try:
         return args.func(args)

@@ -8,7 +8,7 @@ import torch
 
 from ..data import BUNDLED, BatchStream, DataSpec, Preprocess, TensorImages, get_dataset
 from ..distributed import SINGLE, Group
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, check_checkpoint, checkpoint_path, read_checkpoint_file
 from .ema import load_averaged
 from .loop import SampleFn, Trainer, TrainSettings
 
@@ -80,16 +80,22 @@ def build_model_for(config, device: torch.device) -> torch.nn.Module:
 
 
 def make_sampler(model, config, sigmas, device, n_steps_each: int | None = None,
-                 step_lr: float | None = None, denoise: bool | None = None):
-    """AnnealedLangevin with the config's sampling section (arguments override it)."""
-    from ...sampling import AnnealedLangevin
+                 step_lr: float | None = None, denoise: bool | None = None, *, sampler: str = "langevin",
+                 levels=None, **options):
+    """The sampler called `sampler` (fastscore.samplers.SAMPLERS) for the config's data shape.
+
+    Annealed Langevin ("langevin") takes the config's sampling section, which the arguments override;
+    for the others n_steps_each is their steps per level (consistent annealing's steps, the corrector
+    steps of "pc"; None: their default) and options their own arguments (eta, snr)."""
+    from ...samplers import create
 
     s, d = config.sampling, config.data
-    backend = None if config.fastscore.backend == "auto" else config.fastscore.backend
-    return AnnealedLangevin(
-        model, sigmas, n_steps_each=n_steps_each or s.n_steps_each, step_lr=step_lr or s.step_lr,
-        denoise=s.final_denoise if denoise is None else denoise,
-        shape=(d.channels, d.image_size, d.image_size), device=device, backend=backend)
+    common = dict(levels=levels, shape=(d.channels, d.image_size, d.image_size), device=device,
+                  backend=None if config.fastscore.backend == "auto" else config.fastscore.backend)
+    if sampler == "langevin":
+        return create(sampler, model, sigmas, steps=n_steps_each or s.n_steps_each, step_lr=step_lr or s.step_lr,
+                      denoise=s.final_denoise if denoise is None else denoise, **common, **options)
+    return create(sampler, model, sigmas, steps=n_steps_each, **common, **options)
 
 
 def grid_writer(config, sigmas, directory: str, count: int, device, preprocess: Preprocess,
@@ -144,13 +150,42 @@ def build_trainer(config, workdir: str | None, *, image_folder: str | None = Non
                    meta={"data": asdict(spec), "images": len(dataset)}, group=group)
 
 
-def load_model(checkpoint: str | dict, device=None, ema: bool = True):
-    """(model, config, checkpoint) from a checkpoint written by `fastscore train`, in eval mode, holding
-    the EMA weights when the run kept them and `ema` is set."""
-    from ..config import Config
+def load_model(checkpoint: str | dict, device=None, ema: bool = True, config=None):
+    """(model, config, checkpoint) from a checkpoint, in eval mode, holding the EMA weights when the run
+    kept them and `ema` is set.
+
+    checkpoint: a file written by `fastscore train` (or its run directory, or the loaded dict), or an
+    ermongroup/ncsn or ncsnv2 checkpoint file as published, which holds no config: then `config` (a
+    packaged name, a YAML path or a Config) says what the run was trained with, and the returned
+    checkpoint dict is built from it (sigmas, preprocessing, config; "published" names the format)."""
+    from ..config import Config, load_config
+    from .published import is_published, read_published
 
     device = resolve_device(device)
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location=device)
+    raw = checkpoint if isinstance(checkpoint, dict) else read_checkpoint_file(checkpoint, map_location=device)
+    if not isinstance(checkpoint, dict) and is_published(raw):
+        path = checkpoint_path(checkpoint)
+        published = read_published(raw, path)
+        if config is None:
+            raise CheckpointError(f"{path} is an ermongroup/{published.kind} checkpoint, which holds no config: "
+                                  "pass --config with the one it was trained with (e.g. cifar10, or its YAML)")
+        config = load_config(config)
+        model = build_model_for(config, device)
+        try:
+            model.load_state_dict(published.model)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} does not fit the network of the config given ({config.model.arch}, "
+                                  f"ngf {config.model.ngf}): {str(exc).splitlines()[0]}") from exc
+        if ema and published.ema is not None:
+            load_averaged(model, published.ema)
+        from ..config import get_sigmas
+
+        ckpt = {"step": published.step if published.step is not None else "?", "sigmas": get_sigmas(config),
+                "preprocess": asdict(preprocess_from_config(config)), "config": config.to_dict(),
+                "ema": {"shadow": published.ema} if published.ema is not None else None,
+                "published": published.kind}
+        return model.eval(), config, ckpt
+    ckpt = raw if isinstance(checkpoint, dict) else check_checkpoint(raw, checkpoint)
     config = Config.from_dict(ckpt["config"])
     model = build_model_for(config, device)
     model.load_state_dict(ckpt["model"])

@@ -69,23 +69,34 @@ def checkpoint_path(path: str | os.PathLike[str]) -> str:
     return os.path.join(path, CHECKPOINT_NAME) if os.path.isdir(path) else path
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint written by Trainer (a file, or a run directory holding checkpoint.pt)."""
+def read_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """What a checkpoint file (or a run directory's checkpoint.pt) holds, loaded without running code
+    from it; errors say what is wrong with the file. load_checkpoint checks it is fastscore's."""
     path = checkpoint_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r} (train writes <workdir>/{CHECKPOINT_NAME})")
     try:
         # weights_only: a checkpoint holds tensors, numbers, strings and dicts only, so loading one
         # never runs code from the file.
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except Exception as exc:  # torch raises RuntimeError, KeyError, UnpicklingError ... for a bad file
         first = str(exc).splitlines()[0] if isinstance(exc, RuntimeError) and str(exc) else ""
         raise CheckpointError(f"{path} is not a readable fastscore checkpoint (truncated, or another kind of "
                               f"file){': ' + first if first else ''}") from exc
+
+
+def check_checkpoint(ckpt: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """ckpt itself if it is a fastscore checkpoint this version reads, else CheckpointError."""
+    path = checkpoint_path(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastscore checkpoint")
     if ckpt.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer fastscore (format {ckpt['version']})")
     return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint written by Trainer (a file, or a run directory holding checkpoint.pt)."""
+    return check_checkpoint(read_checkpoint_file(path, map_location), path)
