@@ -30,12 +30,6 @@ namespace {
 // float32 planes: the same blocks of kSumBlock elements summed in float, then in double, but over four
 // independent vector accumulators; a single accumulator (what the generic loop compiles to) waits on the
 // add's latency at every step and made the statistics a third of the forward.
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
 // sum over x[0, n) of f(x[i]), n <= kSumBlock.
 template <typename F>
 inline float block_sum(const float* x, int64_t n, F f) {
@@ -49,9 +43,7 @@ inline float block_sum(const float* x, int64_t n, F f) {
   }
   for (; i + 8 <= n; i += 8) a0 = _mm256_add_ps(a0, f(_mm256_loadu_ps(x + i)));
   if (i < n) {
-    alignas(32) int32_t m[8];
-    for (int k = 0; k < 8; ++k) m[k] = i + k < n ? -1 : 0;
-    const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+    const __m256i mask = lane_mask(n - i);
     a1 = _mm256_add_ps(a1, _mm256_and_ps(f(_mm256_maskload_ps(x + i, mask)), _mm256_castsi256_ps(mask)));
   }
   return hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
@@ -152,9 +144,7 @@ void forward_run_elu(const float* x, float* y, int64_t len, const float* scale, 
   for (; i + 8 <= len; i += 8)
     _mm256_storeu_ps(y + i, elu(_mm256_loadu_ps(x + i), coef(scale, i), coef(mu, i), coef(shift, i)));
   if (i < len) {
-    alignas(32) int32_t m[8];
-    for (int k = 0; k < 8; ++k) m[k] = i + k < len ? -1 : 0;
-    const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(m));
+    const __m256i mask = lane_mask(len - i);
     const auto mcoef = [&](const float* c) { return kPerElem ? _mm256_maskload_ps(c + i, mask) : _mm256_set1_ps(*c); };
     _mm256_maskstore_ps(y + i, mask, elu(_mm256_maskload_ps(x + i, mask), mcoef(scale), mcoef(mu), mcoef(shift)));
   }

@@ -76,6 +76,17 @@ inline __m256 exp_nonpositive(__m256 x) {
   const __m256 two_n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23));
   return _mm256_mul_ps(p, two_n);
 }
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// The first `count` of 8 lanes (for maskload/maskstore of a run's last, partial vector), 0 < count < 8.
+inline __m256i lane_mask(int64_t count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
 #endif
 
 // f(v) over buf for float32, f taking and returning __m256 under AVX2 (the tail through a padded
