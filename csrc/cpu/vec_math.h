@@ -34,7 +34,8 @@ constexpr int64_t kChunk = 1024;
 // exponent bits, r = x - n ln2 (ln2 split in a part exact in float and the rest, so r is exact to an ulp)
 // lies in [-ln2/2, ln2/2], and exp(r) is Cephes' expf polynomial (relative error below 2e-7 on that
 // interval). NaN stays NaN (the clamps keep x when it is NaN). The scalar form below is the same
-// arithmetic step by step, for the tails of the vector loops and for builds without AVX2.
+// formula for builds without AVX2 (with separate multiplies and adds where no FMA is available, so it
+// may differ in the last bit); the AVX2 loops take their tails through a padded vector instead.
 namespace expneg {
 constexpr float kLo = -87.33654475f;       // ln(FLT_MIN)
 constexpr float kLog2e = 1.44269504088896341f;
