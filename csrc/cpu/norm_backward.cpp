@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../norm_math.h"
@@ -47,11 +48,102 @@ inline void dpre_chunk(const scalar_t* x, const scalar_t* dy, int64_t n, const a
   for (int64_t i = 0; i < n; ++i) dpre[i] *= static_cast<acc_t>(dy[i]);
 }
 
+#if defined(CPU_CAPABILITY_AVX2)
+// float32 NCHW planes: dpre, xhat, the sums and dx in registers, the activation a template argument.
+// The sums are over the same kSumBlock blocks as the generic loop (float within a block, double across),
+// on two accumulators each so that the adds do not wait on one another.
+struct PlaneF32 {
+  __m256 sc, mu, sh, rs;
+  PlaneF32(float scale, float mean, float shift, float rstd)
+      : sc(_mm256_set1_ps(scale)), mu(_mm256_set1_ps(mean)), sh(_mm256_set1_ps(shift)), rs(_mm256_set1_ps(rstd)) {}
+  // dpre = dy act'(pre) and xhat of 8 elements.
+  template <int64_t kAct>
+  void at(__m256 xv, __m256 dyv, __m256& dpre, __m256& xhat) const {
+    const __m256 xc = _mm256_sub_ps(xv, mu);
+    xhat = _mm256_mul_ps(xc, rs);
+    if constexpr (kAct == kActNone) {
+      dpre = dyv;
+    } else {
+      const __m256 pre = _mm256_fmadd_ps(sc, xc, sh);
+      const __m256 pos = _mm256_cmp_ps(pre, _mm256_setzero_ps(), _CMP_GT_OQ);
+      const __m256 neg = kAct == kActElu ? exp_nonpositive(pre) : _mm256_setzero_ps();
+      dpre = _mm256_mul_ps(dyv, _mm256_blendv_ps(neg, _mm256_set1_ps(1.0f), pos));
+    }
+  }
+};
+
+template <int64_t kAct>
+void plane_backward_sums_f32(const float* x, const float* dy, int64_t len, const PlaneF32& pl, float* S1, float* S2,
+                             float* keep_dpre) {
+  double t1 = 0, t2 = 0;
+  for (int64_t b = 0; b < len; b += kSumBlock) {
+    const int64_t e = std::min(len, b + kSumBlock);
+    __m256 a1 = _mm256_setzero_ps(), b1 = a1, a2 = a1, b2 = a1, dp, xh;
+    int64_t i = b;
+    for (; i + 16 <= e; i += 16) {
+      pl.at<kAct>(_mm256_loadu_ps(x + i), _mm256_loadu_ps(dy + i), dp, xh);
+      if (keep_dpre) _mm256_storeu_ps(keep_dpre + i, dp);
+      a1 = _mm256_add_ps(a1, dp);
+      a2 = _mm256_fmadd_ps(dp, xh, a2);
+      pl.at<kAct>(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(dy + i + 8), dp, xh);
+      if (keep_dpre) _mm256_storeu_ps(keep_dpre + i + 8, dp);
+      b1 = _mm256_add_ps(b1, dp);
+      b2 = _mm256_fmadd_ps(dp, xh, b2);
+    }
+    for (; i + 8 <= e; i += 8) {
+      pl.at<kAct>(_mm256_loadu_ps(x + i), _mm256_loadu_ps(dy + i), dp, xh);
+      if (keep_dpre) _mm256_storeu_ps(keep_dpre + i, dp);
+      a1 = _mm256_add_ps(a1, dp);
+      a2 = _mm256_fmadd_ps(dp, xh, a2);
+    }
+    if (i < e) {
+      const __m256i mask = lane_mask(e - i);
+      pl.at<kAct>(_mm256_maskload_ps(x + i, mask), _mm256_maskload_ps(dy + i, mask), dp, xh);
+      dp = _mm256_and_ps(dp, _mm256_castsi256_ps(mask));
+      if (keep_dpre) _mm256_maskstore_ps(keep_dpre + i, mask, dp);
+      b1 = _mm256_add_ps(b1, dp);
+      b2 = _mm256_fmadd_ps(dp, xh, b2);
+    }
+    t1 += hsum(_mm256_add_ps(a1, b1));
+    t2 += hsum(_mm256_add_ps(a2, b2));
+  }
+  *S1 = static_cast<float>(t1);
+  *S2 = static_cast<float>(t2);
+}
+
+// dx = c1 dpre + c2 xhat + c3, dpre recomputed from x and dy (the unfused path keeps no dpre).
+template <int64_t kAct>
+void plane_dx_f32(const float* x, const float* dy, float* dx, int64_t len, const PlaneF32& pl, float c1, float c2,
+                  float c3) {
+  const __m256 k1 = _mm256_set1_ps(c1), k2 = _mm256_set1_ps(c2), k3 = _mm256_set1_ps(c3);
+  __m256 dp, xh;
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8) {
+    pl.at<kAct>(_mm256_loadu_ps(x + i), _mm256_loadu_ps(dy + i), dp, xh);
+    _mm256_storeu_ps(dx + i, _mm256_fmadd_ps(k1, dp, _mm256_fmadd_ps(k2, xh, k3)));
+  }
+  if (i < len) {
+    const __m256i mask = lane_mask(len - i);
+    pl.at<kAct>(_mm256_maskload_ps(x + i, mask), _mm256_maskload_ps(dy + i, mask), dp, xh);
+    _mm256_maskstore_ps(dx + i, mask, _mm256_fmadd_ps(k1, dp, _mm256_fmadd_ps(k2, xh, k3)));
+  }
+}
+
+#endif
+
 // NCHW plane: S1 = sum dpre, S2 = sum dpre * xhat.
 // keep_dpre, if given, receives dpre for the dx pass (so the activation's derivative is computed once).
 template <typename scalar_t, typename acc_t>
 void plane_backward_sums(const scalar_t* x, const scalar_t* dy, int64_t len, acc_t scale, acc_t mu, acc_t shift,
                          acc_t rstd, int64_t act, acc_t* S1, acc_t* S2, acc_t* keep_dpre = nullptr) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const PlaneF32 pl(scale, mu, shift, rstd);
+    if (act == kActElu) return plane_backward_sums_f32<kActElu>(x, dy, len, pl, S1, S2, keep_dpre);
+    if (act == kActRelu) return plane_backward_sums_f32<kActRelu>(x, dy, len, pl, S1, S2, keep_dpre);
+    return plane_backward_sums_f32<kActNone>(x, dy, len, pl, S1, S2, keep_dpre);
+  }
+#endif
   alignas(64) acc_t chunk_dpre[kChunk], xhat[kChunk];
   double t1 = 0, t2 = 0;
   for (int64_t b = 0; b < len; b += kChunk) {
@@ -117,6 +209,14 @@ void plane_dx_from_dpre(const scalar_t* x, const acc_t* dpre, scalar_t* dx, int6
 template <bool kPerElem, typename scalar_t, typename acc_t>
 void dx_run(const scalar_t* x, const scalar_t* dy, scalar_t* dx, int64_t len, const acc_t* scale, const acc_t* mu,
             const acc_t* shift, const acc_t* rstd, const acc_t* c1, const acc_t* c2, const acc_t* c3, int64_t act) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float> && !kPerElem) {
+    const PlaneF32 pl(*scale, *mu, *shift, *rstd);
+    if (act == kActElu) return plane_dx_f32<kActElu>(x, dy, dx, len, pl, *c1, *c2, *c3);
+    if (act == kActRelu) return plane_dx_f32<kActRelu>(x, dy, dx, len, pl, *c1, *c2, *c3);
+    return plane_dx_f32<kActNone>(x, dy, dx, len, pl, *c1, *c2, *c3);
+  }
+#endif
   alignas(64) acc_t dpre[kChunk], xhat[kChunk];
   for (int64_t b = 0; b < len; b += kChunk) {
     const int64_t n = std::min(kChunk, len - b);
