@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Load a checkpoint written by `fastscore train` (EMA weights when it has them), or "
                        "one published by ermongroup/ncsn or ncsnv2 with --config, and draw samples by annealed "
                        "Langevin dynamics (ncsn's schedule, the config's sampling section unless overridden) or "
-                       "the --sampler chosen; write them as one PNG grid.")
+                       "the --sampler chosen; write them as a PNG grid, an .npz (--npz) or one PNG each (--out-dir).")
     sampling_args(p)
     # --num-samples: torchrun reads an abbreviation of its own options (--n: --nnodes, --nproc-per-node) even after
     # the module's name, so under torchrun the long spelling is the one that works

@@ -37,7 +37,7 @@ SLICE_SECONDS = 60.0
 INPAINT_STEPS_EACH = 15
 INPAINT_STEP_LR = 0.003
 # The samples: consistent annealed sampling (Jolicoeur-Martineau et al. 2021) at eta = 1 (each step
-# moves to the denoised point, then re-noises to the next sigma), 10 steps per level: 51 network
+# moves to the denoised point, then re-noises to the next sigma), 10 steps per level: 50 network
 # evaluations against annealed Langevin's 201 (`fastscore compare-samplers`, 2 seeds x 100 samples,
 # quiet machine): on a 1,310-step checkpoint of this config mean confidence 0.808 (46% >= 0.9, 10
 # classes) against 0.714-0.726, on another one 0.747 against 0.703; 20 or 40 steps per level at eta = 1
