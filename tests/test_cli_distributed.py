@@ -9,7 +9,7 @@ import pytest
 from fastscore.ncsn import training
 from fastscore.ncsn.cli import main
 
-from helpers import run_ranks
+from helpers import requires_cuda, run_ranks
 
 TINY = ["--set", "model.ngf=4", "--set", "model.num_classes=3", "--set", "sampling.n_steps_each=2",
         "--set", "training.snapshot_freq=2", "--set", "fastscore.log_freq=1", "--batch-size", "8",
@@ -76,3 +76,18 @@ def test_eval_without_weights_is_one_line(runs, tmp_path, capsys):
     assert main(["eval", runs[0], "--n", "2", "--inception-weights", missing, "--quiet", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and missing in err and "--inception-weights" in err
+
+
+@requires_cuda
+def test_torchrun_on_one_gpu_trains_over_nccl_as_one_process(tmp_path):
+    """The NCCL path (distributed.init picks it for a CUDA device): one rank, DDP on, against no torchrun."""
+    gpu = [a if a != "cpu" else "cuda" for a in TINY]
+    args = ["train", "--config", "demo", "--n-iters", "3", "--sample-count", "0", "--no-cuda-graph", *gpu]
+    one, nccl = str(tmp_path / "one"), str(tmp_path / "nccl")
+    assert main([*args, "--workdir", one]) == 0
+    run_ranks(1, ["-m", "fastscore", *args, "--workdir", nccl], timeout=100)  # the GPU run kills a test at 120 s
+    a, b = training.load_checkpoint(one, map_location="cpu"), training.load_checkpoint(nccl, map_location="cpu")
+    assert b["data"]["world_size"] == 1 and b["step"] == a["step"] == 3 and b["noise"] == a["noise"]
+    diff = max((a["model"][k].double() - b["model"][k].double()).abs().max().item() for k in a["model"])
+    print(f"max |weights(torchrun, NCCL, 1 GPU) - weights(1 process)| = {diff:.3g}")
+    assert diff < 1e-4
