@@ -235,7 +235,7 @@ def test_a_plain_file_as_the_run_directory(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,flag", [
-    (["sample", "x", "--n", "0"], "--n"), (["sample", "x", "--n", "-3"], "--n"),
+    (["sample", "x", "--n", "0"], "--num-samples/--n"), (["sample", "x", "--num-samples", "-3"], "--num-samples/--n"),
     (["inpaint", "x", "--n", "0"], "--n"), (["inpaint", "x", "--per-image", "0"], "--per-image"),
     (["sample", "x", "--step-lr", "-0.003"], "--step-lr"), (["sample", "x", "--steps-each", "0"], "--steps-each"),
     (["train", "--workdir", "w", "--n-iters", "0"], "--n-iters"), (["demo", "--minutes", "nan"], "--minutes"),
