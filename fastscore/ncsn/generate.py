@@ -2,7 +2,7 @@
 
 Sample i of an n-sample run is the same whoever draws it: each process takes its share of rows
 (fastscore.ncsn.distributed.share), draws it in batches as shares of the n-sample run
-(AnnealedLangevin.sample's start/total), and rank 0 gathers the images in order. So the set does not
+(LadderSampler.sample's start/total, any sampler), and rank 0 gathers the images in order. So the set does not
 depend on the number of processes or the batch size (bitwise where the network's kernels do not depend
 on the batch size, else to float rounding).
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..sampling import AnnealedLangevin, uniform_init_batches
+from ..sampling import LadderSampler, uniform_init_batches
 from .distributed import SINGLE, Group
 
 
@@ -24,7 +24,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
-def generate(sampler: AnnealedLangevin, n: int, seed: int, group: Group = SINGLE, batch: int | None = None,
+def generate(sampler: LadderSampler, n: int, seed: int, group: Group = SINGLE, batch: int | None = None,
              progress: bool = True, to_image: Callable[[torch.Tensor], torch.Tensor] | None = None
              ) -> torch.Tensor | None:
     """Samples 0 .. n of the n-sample run of `seed`: on rank 0 a CPU tensor of all n in order, None on the
