@@ -48,6 +48,11 @@ inline void check_finite(const char* op, const char* name, double v, bool positi
   }
 }
 
+// t in dtype: t itself when it already is (Tensor::to would still make a dispatcher call).
+inline at::Tensor as_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
+}
+
 // sigma: (N,) on x's device; returned as a contiguous tensor in the arithmetic dtype.
 inline at::Tensor checked_sigma(const char* op, const at::Tensor& sigma, const at::Tensor& x, const char* x_name) {
   check_float_tensor(op, "sigma", sigma);
@@ -56,7 +61,7 @@ inline at::Tensor checked_sigma(const char* op, const at::Tensor& sigma, const a
   TORCH_CHECK(sigma.dim() == 1 && sigma.size(0) == x.size(0), op, ": sigma must have shape (N,) = (", x.size(0),
               ",) to match ", x_name, ", got ", sigma.sizes());
   check_same_device(op, "sigma", sigma, x_name, x);
-  return sigma.to(acc_dtype(x.scalar_type())).contiguous();
+  return as_dtype(sigma, acc_dtype(x.scalar_type())).contiguous();
 }
 
 // gamma/alpha/beta: (N, C) or (C,) on x's device; returned in the arithmetic dtype with its strides
@@ -68,7 +73,7 @@ inline at::Tensor checked_param(const char* op, const char* name, const at::Tens
   TORCH_CHECK(ok, op, ": ", name, " must have shape (N, C) = (", n, ", ", c, ") or (C,) = (", c, ",), got ",
               p.sizes());
   check_same_device(op, name, p, "x", x);
-  return p.to(acc_dtype(x.scalar_type()));
+  return as_dtype(p, acc_dtype(x.scalar_type()));
 }
 
 inline void check_norm_x(const char* op, const at::Tensor& x, double eps, int64_t activation) {

@@ -13,8 +13,7 @@
 // the kernels' translation units stay light and compile in parallel with it (cpu/kernels.h).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty_like_ops.h>
-#include <ATen/ops/empty_ops.h>
+#include <ATen/EmptyTensor.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -58,17 +57,15 @@ namespace fastscore {
 namespace cpu {
 namespace {
 
-// at::empty(size, options) and at::empty_like(x), written as the calls ATen/ops/empty.h and
-// ATen/ops/empty_like.h make: those headers pull ATen/Context.h and more, seconds of compile time.
+// Allocation on the CPU without a trip through the dispatcher (about half a microsecond a tensor, which
+// is most of what a small op costs): these kernels only ever allocate CPU tensors. empty_like keeps x's
+// strides, as at::empty_like does for the dense tensors the kernels write.
 at::Tensor empty(at::IntArrayRef size, const at::TensorOptions& options) {
-  return at::_ops::empty_memory_format::call(
-      c10::fromIntArrayRefSlow(size), c10::optTypeMetaToScalarType(options.dtype_opt()), options.layout_opt(),
-      options.device_opt(), options.pinned_memory_opt(),
-      c10::impl::check_tensor_options_and_extract_memory_format(options, std::nullopt));
+  return at::detail::empty_cpu(size, options.dtype().toScalarType(), false, std::nullopt);
 }
 
 at::Tensor empty_like(const at::Tensor& x) {
-  return at::_ops::empty_like::call(x, std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt);
+  return at::detail::empty_strided_cpu(x.sizes(), x.strides(), x.scalar_type());
 }
 
 // ---- norm_forward, norm_backward ----------------------------------------------------------------------
@@ -103,12 +100,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cpu(const at::Tensor
   const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
   at::Tensor y = empty_like(x);
   at::Tensor mean = empty({s.N, s.C}, acc), rstd = empty({s.N, s.C}, acc);
-  at::Tensor scale = empty({s.N, s.C}, acc), shift = empty({s.N, s.C}, acc);
+  at::Tensor coeffs = empty({2, s.N, s.C}, acc);  // scale, shift: scratch
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "norm_forward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
+    acc_t* scale = coeffs.data_ptr<acc_t>();
     norm_forward<scalar_t>({s, eps, act, x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(),
-                            rstd.data_ptr<acc_t>(), scale.data_ptr<acc_t>(), shift.data_ptr<acc_t>(),
-                            norm_params<acc_t>(gamma, alpha, beta)});
+                            rstd.data_ptr<acc_t>(), scale, scale + s.N * s.C, norm_params<acc_t>(gamma, alpha, beta)});
   });
   return {y, mean, rstd};
 }
@@ -140,22 +137,22 @@ std::tuple<at::Tensor, at::Tensor> norm_backward_cpu(
   check_stat("rstd", rstd_in);
   const at::Tensor x = dense_input(x_in);
   const Shape s = shape_of(x);
-  const at::Tensor dy = grad_y.to(x.scalar_type())
+  const at::Tensor dy = as_dtype(grad_y, x.scalar_type())
                             .contiguous(s.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   const auto acc = x.options().dtype(stat_type);
   at::Tensor dx = empty_like(x);
-  auto nc = [&] { return empty({N, C}, acc); };
-  at::Tensor scale = nc(), shift = nc(), S1 = nc(), S2 = nc(), c1 = nc(), c2 = nc(), c3 = nc();
+  at::Tensor scratch = empty({7, N, C}, acc);  // scale, shift, S1, S2, c1, c2, c3: (N, C) each
   const bool has_beta = beta.has_value();
   const int64_t K = has_beta ? 3 : 2;
   at::Tensor dparams = empty({N, K, C}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "norm_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
+    acc_t* nc = scratch.data_ptr<acc_t>();
+    const int64_t k = N * C;
     norm_backward<scalar_t>({s, eps, act, x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
-                             mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), scale.data_ptr<acc_t>(),
-                             shift.data_ptr<acc_t>(), S1.data_ptr<acc_t>(), S2.data_ptr<acc_t>(), c1.data_ptr<acc_t>(),
-                             c2.data_ptr<acc_t>(), c3.data_ptr<acc_t>(), dparams.data_ptr<acc_t>(),
+                             mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), nc, nc + k, nc + 2 * k, nc + 3 * k,
+                             nc + 4 * k, nc + 5 * k, nc + 6 * k, dparams.data_ptr<acc_t>(),
                              dparams.data_ptr<acc_t>() + C, has_beta ? dparams.data_ptr<acc_t>() + 2 * C : nullptr,
                              K * C, norm_params<acc_t>(gamma, alpha, beta)});
   });
@@ -251,7 +248,7 @@ at::Tensor dsm_backward_cpu(const at::Tensor& grad_in, const at::Tensor& scores_
   check_same_device(op, "grad", grad_in, "scores", scores_in);
   read_stream_position(op, seed_t, offset_t, scores_in, seed, offset);
   const at::Tensor scores = scores_in.contiguous();
-  const at::Tensor grad = grad_in.to(acc_dtype(scores.scalar_type())).contiguous();
+  const at::Tensor grad = as_dtype(grad_in, acc_dtype(scores.scalar_type())).contiguous();
   at::Tensor dscores = empty_like(scores);
   const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_backward_cpu", [&] {
@@ -291,7 +288,7 @@ void langevin_step_cpu(at::Tensor x, const at::Tensor& score_in, double step_siz
   // score in x's dtype or, if it differs, in the arithmetic dtype: never rounded below what x keeps.
   const at::ScalarType score_dtype = score_in.scalar_type() == x.scalar_type() ? x.scalar_type()
                                                                                : acc_dtype(x.scalar_type());
-  const at::Tensor score = score_in.to(score_dtype).contiguous();
+  const at::Tensor score = as_dtype(score_in, score_dtype).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dense.scalar_type(), "langevin_step_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     if (score.scalar_type() == dense.scalar_type()) {
