@@ -357,8 +357,8 @@ def _register_python_parts() -> None:
 
 # ---- the primitives (protocol.py) ------------------------------------------------------------------
 # Called once unavailable_reason(device) has returned None (that probe loads the library), through the
-# ops' OpOverloads bound at load: calling torch.ops.fastscore_ext.<name> would resolve the overload
-# packet on every call.
+# ops' overloads bound at load: calling torch.ops.fastscore_ext.<name> would resolve the overload packet
+# on every call.
 
 class _Ops:
     norm_forward: Any
@@ -376,7 +376,9 @@ _ops = _Ops()
 
 def _bind_ops() -> None:
     for name in _Ops.__annotations__:
-        setattr(_ops, name, getattr(torch.ops.fastscore_ext, name).default)
+        # the overload's C++ callable itself: OpOverload.__call__ adds a Python frame (its detour,
+        # the Python dispatcher of a tracing mode, never applies to these primitives' callers)
+        setattr(_ops, name, getattr(torch.ops.fastscore_ext, name).default._op)
 
 
 def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, eps: float,
