@@ -24,6 +24,13 @@ NORM_CASES = [
     (dict(eps=math.nan), ValueError, "eps must be finite"),
     (dict(activation="gelu"), ValueError, "activation must be one of"),
     (dict(gamma=torch.ones(3, device="meta")), ValueError, "gamma is on meta but x is on cpu"),
+    # the edges of the valid call's quick recognition (fastscore/ops/checks.py norm_args)
+    (dict(gamma=None), TypeError, "gamma must be a torch.Tensor"),
+    (dict(alpha=None, beta=torch.ones(3)), TypeError, "alpha must be a torch.Tensor"),
+    (dict(beta=torch.ones(3, device="meta")), ValueError, "beta is on meta but x is on cpu"),
+    (dict(eps=True), TypeError, "eps must be a number"),
+    (dict(eps=-1), ValueError, "eps must be > 0"),
+    (dict(eps=math.inf), ValueError, "eps must be finite"),
 ]
 
 
@@ -48,6 +55,8 @@ SIGMA_CASES = [
     (dict(seed=2**63), ValueError, "seed must be in"),
     (dict(seed=1.5), TypeError, "seed must be an int"),
     (dict(offset=-3), ValueError, "offset must be in"),
+    (dict(offset=2**63 - 10), ValueError, "offset must be in"),  # the stream's end inside the call's draws
+    (dict(offset=True), TypeError, "offset must be an int"),
 ]
 
 
@@ -80,6 +89,10 @@ def test_dsm_loss_rejects(override, exc, match):
     (dict(score=x4().to("meta")), ValueError, "score is on meta"),
     (dict(x=x4().to(torch.int16)), TypeError, "x must be float"),
     (dict(seed=None), TypeError, "seed must be an int"),
+    (dict(step_size=math.inf), ValueError, "step_size must be finite"),
+    (dict(noise_scale=math.nan), ValueError, "noise_scale must be finite"),
+    (dict(noise_scale=True), TypeError, "noise_scale must be a number"),
+    (dict(score=[[0.0]]), TypeError, "score must be a torch.Tensor"),
 ])
 def test_langevin_step_rejects(override, exc, match):
     args = dict(x=x4(), score=x4(), step_size=1e-3, seed=0, offset=0, noise_scale=None)

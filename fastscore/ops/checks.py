@@ -71,6 +71,51 @@ def per_channel(name: str, p: object, x: torch.Tensor, optional: bool = False) -
     same_device(name, p, "x", x)
 
 
+def norm_args(x: object, gamma: object, alpha: object, beta: object, eps: object) -> None:
+    """cond_instance_norm_plus's arguments, as tensor / per_channel / finite_number check them.
+
+    The common valid call is recognised from a few attribute reads (a norm runs about 70 times per
+    network forward, on tensors whose kernels may take microseconds); anything else goes through the
+    detailed checks, which raise the error naming the argument."""
+    if (isinstance(x, torch.Tensor) and x.dtype in _FLOAT_DTYPE_SET and x.dim() == 4 and x.numel()
+            and type(eps) is float and 0.0 < eps < math.inf):
+        shape = x.shape
+        per_sample, shared, device = (shape[0], shape[1]), (shape[1],), x.device
+        for p in (gamma, alpha) if beta is None else (gamma, alpha, beta):
+            if not (isinstance(p, torch.Tensor) and p.dtype in _FLOAT_DTYPE_SET
+                    and (p.shape == per_sample or p.shape == shared) and p.device == device):
+                break
+        else:
+            return
+    x = tensor("x", x, dim=4)
+    per_channel("gamma", gamma, x)
+    per_channel("alpha", alpha, x)
+    per_channel("beta", beta, x, optional=True)
+    finite_number("eps", eps, positive=True)
+
+
+def langevin_args(x: object, score: object, step_size: object, noise_scale: object) -> None:
+    """langevin_step_'s x, score, step_size and noise_scale (None: sqrt(2 step_size)); the common valid
+    call (float numbers) is recognised from a few attribute reads, as in norm_args."""
+    if (isinstance(x, torch.Tensor) and isinstance(score, torch.Tensor) and x.dtype in _FLOAT_DTYPE_SET
+            and score.dtype in _FLOAT_DTYPE_SET and x.numel() and x.dim() and score.shape == x.shape
+            and score.device == x.device and type(step_size) is float and 0.0 <= step_size < math.inf
+            and (noise_scale is None or (type(noise_scale) is float and 0.0 <= noise_scale < math.inf))):
+        return
+    x = tensor("x", x)
+    score = tensor("score", score)
+    if score.shape != x.shape:
+        raise ValueError(f"score must have x's shape {tuple(x.shape)}, got {tuple(score.shape)}")
+    same_device("score", score, "x", x)
+    finite_number("step_size", step_size, non_negative=True)
+    if noise_scale is not None:
+        finite_number("noise_scale", noise_scale, non_negative=True)
+    if isinstance(step_size, torch.Tensor):
+        same_device("step_size", step_size, "x", x)
+    if isinstance(noise_scale, torch.Tensor):
+        same_device("noise_scale", noise_scale, "x", x)
+
+
 def _item(t: torch.Tensor) -> str:
     return str(t.item())
 
@@ -104,10 +149,13 @@ _HOST_LIST_MAX = 4096  # sigma up to this many values is checked on the host as 
 
 def sigma(s: object, x: torch.Tensor, x_name: str) -> None:
     """sigma: (N,) positive finite noise levels on x's device."""
-    s = tensor("sigma", s, dim=1)
-    if s.shape[0] != x.shape[0]:
-        raise ValueError(f"sigma must have shape (N,) = ({x.shape[0]},) to match {x_name}, got {tuple(s.shape)}")
-    same_device("sigma", s, x_name, x)
+    if not (isinstance(s, torch.Tensor) and s.dtype in _FLOAT_DTYPE_SET and s.dim() == 1
+            and s.shape[0] == x.shape[0] and s.device == x.device):  # else the detailed checks say why
+        s = tensor("sigma", s, dim=1)
+        if s.shape[0] != x.shape[0]:
+            raise ValueError(f"sigma must have shape (N,) = ({x.shape[0]},) to match {x_name}, "
+                             f"got {tuple(s.shape)}")
+        same_device("sigma", s, x_name, x)
     if reads_on_host(s):
         if s.numel() <= _HOST_LIST_MAX:
             # Read as Python floats: one copy instead of several tensor ops. min() can step over a NaN,
@@ -143,9 +191,12 @@ def stream_positions(seed: object, offset: object, x: torch.Tensor
     value_check (on a GPU a device-side assert, never a read-back). A tensor comes back as seed_t or
     offset_t with 0 in place of its int; an int comes back as itself with None for the tensor.
     """
+    numel = x.numel()
+    if (type(seed) is int and type(offset) is int and 0 <= seed <= MAX_SEED and 0 <= offset <= MAX_SEED
+            and offset + numel <= MAX_SEED + 1):
+        return seed, offset, None, None  # the common case, as check_seed_offset would pass it
     seed_t = seed if isinstance(seed, torch.Tensor) else None
     offset_t = offset if isinstance(offset, torch.Tensor) else None
-    numel = x.numel()
     check_seed_offset(0 if seed_t is not None else seed, 0 if offset_t is not None else offset,
                       0 if offset_t is not None else numel)
     if seed_t is not None:

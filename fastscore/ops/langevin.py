@@ -13,6 +13,7 @@ from . import checks, eager
 
 Tensor = torch.Tensor
 _T = TypeVar("_T")
+_increment_version = torch._C._increment_version  # torch.autograd.graph.increment_version, minus a Python frame
 
 
 def langevin_step_(
@@ -31,19 +32,8 @@ def langevin_step_(
     are ints or one-element int64 tensors on x's device. Tensors let a CUDA graph that captured this
     call draw fresh noise at every replay (advance offset in the graph) and change the step per level.
     """
-    checks.tensor("x", x)
-    checks.tensor("score", score)
-    if score.shape != x.shape:
-        raise ValueError(f"score must have x's shape {tuple(x.shape)}, got {tuple(score.shape)}")
-    checks.same_device("score", score, "x", x)
-    checks.finite_number("step_size", step_size, non_negative=True)
-    if noise_scale is not None:
-        checks.finite_number("noise_scale", noise_scale, non_negative=True)
+    checks.langevin_args(x, score, step_size, noise_scale)
     seed_n, offset_n, seed_t, offset_t = checks.stream_positions(seed, offset, x)
-    if isinstance(step_size, torch.Tensor):
-        checks.same_device("step_size", step_size, "x", x)
-    if isinstance(noise_scale, torch.Tensor):
-        checks.same_device("noise_scale", noise_scale, "x", x)
     # Numbers go to the op as numbers, tensors as tensors the kernel reads on the device (never here).
     step_n, step_t = (0.0, step_size) if isinstance(step_size, torch.Tensor) else (float(step_size), None)
     scale_n, scale_t = ((0.0, noise_scale) if isinstance(noise_scale, torch.Tensor)
@@ -53,7 +43,7 @@ def langevin_step_(
             resolved_backend(backend, x.device))
     if eager.plain(x) and not eager.needs_grad(x, score, step_t, scale_t):
         _langevin_impl(*args)
-        torch.autograd.graph.increment_version(target)  # as the registered op does for what it mutates
+        _increment_version((target,))  # as the registered op does for what it mutates
     else:
         torch.ops.fastscore.langevin_step_(*args)
     if target is not x:

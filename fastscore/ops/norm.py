@@ -34,11 +34,7 @@ def cond_instance_norm_plus(
     are (N, C) (per-sample, gathered from an embedding) or (C,) (shared). Differentiable in x, gamma,
     alpha and beta, on every backend alike.
     """
-    checks.tensor("x", x, dim=4)
-    checks.per_channel("gamma", gamma, x)
-    checks.per_channel("alpha", alpha, x)
-    checks.per_channel("beta", beta, x, optional=True)
-    checks.finite_number("eps", eps, positive=True)
+    checks.norm_args(x, gamma, alpha, beta, eps)
     try:
         code = ACTIVATION_CODES[activation]
     except (KeyError, TypeError):  # not one of them, or not even hashable
