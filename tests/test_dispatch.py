@@ -26,7 +26,7 @@ def test_auto_prefers_ext_then_torch_on_cpu():
 def test_unavailable_explicit_backend_raises_with_reason(name, monkeypatch):
     module = dispatch._load(name)[0] or pytest.skip(f"{name} cannot be imported")
     monkeypatch.setattr(module, "unavailable_reason", lambda device: "because the test says so")
-    dispatch._resolved_name.cache_clear()
+    dispatch.forget()
     with pytest.raises(fastscore.BackendUnavailable,
                        match=f"backend '{name}' is not available on cpu: because the test says so"):
         fastscore.randn(4, seed=0, backend=name)

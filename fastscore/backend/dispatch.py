@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 from types import ModuleType
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -81,9 +81,23 @@ def _resolved_name_constant(requested: str, device_type: str) -> str:
     return _resolved_name(requested, device_type)
 
 
-# (requested name as given, device type) -> backend name, for eager calls: one dict lookup per call.
-# Only successful resolutions are kept (a bad name or an unavailable backend raises every time).
-_RESOLVED: dict[tuple[str, str], str] = {}
+# (requested name, device) -> backend name, for eager calls: one dict lookup per call. Only successful
+# resolutions are kept (a bad name or an unavailable backend raises every time).
+_RESOLVED: dict[tuple[str, torch.device | str], str] = {}
+
+
+def _env_backend() -> str:
+    """$FASTSCORE_BACKEND or auto, read on every call (it may change). os.environ.get takes about a
+    microsecond, a fifth of an op's Python overhead, so the encoded key is looked up in the mapping
+    os.environ reads and writes (CPython's os._Environ._data), where there is one."""
+    if _ENVIRON_DATA is None:
+        return os.environ.get(ENV_VAR, "auto")
+    raw = _ENVIRON_DATA.get(_ENV_KEY)
+    return "auto" if raw is None else os.environ.decodevalue(raw)
+
+
+_ENV_KEY = os.environ.encodekey(ENV_VAR)
+_ENVIRON_DATA: dict[Any, Any] | None = getattr(os.environ, "_data", None)
 
 
 def resolved(backend: str | None, device: torch.device | str) -> str:
@@ -91,13 +105,18 @@ def resolved(backend: str | None, device: torch.device | str) -> str:
     if torch.compiler.is_compiling():
         traced: str = _resolved_name_constant(requested_backend(backend), torch.device(device).type)
         return traced
-    key = (backend if backend is not None else os.environ.get(ENV_VAR, "auto"),
-           device.type if isinstance(device, torch.device) else torch.device(device).type)
+    key = (_env_backend() if backend is None else backend, device)
     name = _RESOLVED.get(key)
     if name is None:
-        name = _resolved_name(requested_backend(backend), key[1])
+        name = _resolved_name(requested_backend(backend), torch.device(device).type)
         _RESOLVED[key] = name
     return name
+
+
+def forget() -> None:
+    """Drop every remembered resolution (for tests that change what a backend reports)."""
+    _RESOLVED.clear()
+    _resolved_name.cache_clear()
 
 
 def module(name: str) -> Backend:
