@@ -56,7 +56,7 @@ class _SplitRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, rows: torch.Tensor, c: int) -> tuple[torch.Tensor, ...]:
         ctx.c = c
-        return tuple(torch.split(rows, c, dim=1))
+        return _column_blocks(rows, c)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None]:
@@ -71,10 +71,16 @@ class _SplitRows(torch.autograd.Function):
         return torch.cat([g if g is not None else first.new_zeros(n, c) for g in grads], dim=1), None
 
 
+def _column_blocks(rows: torch.Tensor, c: int) -> tuple[torch.Tensor, ...]:
+    # one view and an unbind: half the host time of torch.split, the same (N, C) views
+    return rows.view(rows.shape[0], -1, c).unbind(1)
+
+
 def split_rows(rows: torch.Tensor, c: int) -> tuple[torch.Tensor, ...]:
-    """The (N, C) column blocks of rows (N, K*C) as views, with a backward that gathers nothing."""
+    """The (N, C) column blocks of rows (N, K*C) (contiguous, as an embedding's output) as views, with a
+    backward that gathers nothing."""
     if not (rows.requires_grad and torch.is_grad_enabled()):  # nothing to gather: plain views
-        return tuple(torch.split(rows, c, dim=1))
+        return _column_blocks(rows, c)
     out: tuple[torch.Tensor, ...] = _SplitRows.apply(rows, c)
     return out
 
