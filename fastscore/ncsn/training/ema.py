@@ -27,9 +27,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        for k, p in model.named_parameters():
-            if k in self.shadow:
-                self.shadow[k].lerp_(p.detach(), 1.0 - self.rate)
+        pairs = [(self.shadow[k], p) for k, p in model.named_parameters() if k in self.shadow]
+        # one call for all tensors (a loop of lerp_ calls costs about 2 us of host time per tensor)
+        torch._foreach_lerp_([s for s, _ in pairs], [p.detach() for _, p in pairs], 1.0 - self.rate)
 
     def copy_to(self, model: torch.nn.Module) -> torch.nn.Module:
         return load_averaged(model, self.shadow)
