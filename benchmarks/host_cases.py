@@ -6,8 +6,9 @@ argument checks, backend resolution, the custom op, autograd. Beside them, in th
 user would otherwise call: torch.nn.functional.instance_norm and ncsn's ConditionalInstanceNorm2dPlus
 module (ncsn_baseline.py), and ncsn's eager DSM pair and Langevin update.
 
-Each case is (group, implementation, one call). "fwd+bwd" cases make the forward call and then
-torch.autograd.backward from it, as a training step pays for the op (both halves, one figure).
+Each case is (group, implementation, one call). "forward recording autograd" is the forward call alone
+with inputs that require grad (what a training step's forward pays per call); "fwd+bwd" cases make the
+forward call and then torch.autograd.backward from it (both halves of a training step, one figure).
 """
 from __future__ import annotations
 
@@ -63,6 +64,9 @@ def cases(backend: str = BACKEND) -> list[tuple[str, str, Callable[[], object]]]
         ("norm, no grad", "F.instance_norm", no_grad(lambda: F.instance_norm(x))),
         ("norm, no grad", "ncsn module", no_grad(lambda: ncsn(x, labels))),
         ("norm, no grad", f"fastscore {backend}", no_grad(lambda: op(x, gamma, alpha, beta, backend=backend))),
+        ("norm, forward recording autograd", "F.instance_norm", lambda: F.instance_norm(xg)),
+        ("norm, forward recording autograd", "ncsn module", lambda: ncsn(xg, labels)),
+        ("norm, forward recording autograd", f"fastscore {backend}", lambda: op(xg, gg, ag, bg, backend=backend)),
         ("norm, fwd+bwd", "F.instance_norm", fwd_bwd(lambda: F.instance_norm(xg), dy)),
         ("norm, fwd+bwd", "ncsn module", fwd_bwd(lambda: ncsn(xg, labels), dy)),
         ("norm, fwd+bwd", f"fastscore {backend}", fwd_bwd(lambda: op(xg, gg, ag, bg, backend=backend), dy)),
