@@ -160,13 +160,14 @@ def _(scores: Tensor, sigma: Tensor, seed: int, offset: int, anneal_power: float
 
 def _dsm_and_grad_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # else the backward receives a zero-filled tensor of scores' size
     ctx.save_for_backward(output[1])
 
 
 def _dsm_and_grad_grad(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
     (unit_grad,) = ctx.saved_tensors
     dscores = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and grad is not None:
         dscores = (grad.reshape(-1, *([1] * (unit_grad.dim() - 1))) * unit_grad).to(unit_grad.dtype)
     return dscores, None, None, None, None, None, None, None
 

@@ -105,6 +105,7 @@ def _setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, Tensor | None
     x, gamma, alpha, beta, eps, activation, backend = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients of mean and rstd for the backward to ignore
     ctx.save_for_backward(x, gamma, alpha, beta, mean, rstd)
     ctx.args = (eps, activation, backend)
 
@@ -121,6 +122,8 @@ def _differentiate(ctx: Any, grad_y: Tensor, _grad_mean: Tensor | None, _grad_rs
                    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None, None, None]:
     x, gamma, alpha, beta, mean, rstd = ctx.saved_tensors
     need = ctx.needs_input_grad
+    if grad_y is None:  # unmaterialised: nothing reached y
+        return None, None, None, None, None, None, None
     # The registered backward op while traced; its primitive directly in plain eager (fastscore/ops/eager.py).
     backward = _norm_backward if eager.plain(grad_y) else torch.ops.fastscore.cond_instance_norm_plus_backward
     dx, dparams = backward(like(grad_y, x), x, gamma, alpha, beta, mean, rstd, *ctx.args)
