@@ -127,10 +127,11 @@ def _differentiate(ctx: Any, grad_y: Tensor, _grad_mean: Tensor | None, _grad_rs
     # The registered backward op while traced; its primitive directly in plain eager (fastscore/ops/eager.py).
     backward = _norm_backward if eager.plain(grad_y) else torch.ops.fastscore.cond_instance_norm_plus_backward
     dx, dparams = backward(like(grad_y, x), x, gamma, alpha, beta, mean, rstd, *ctx.args)
+    rows = dparams.unbind(1)
     return (dx if need[0] else None,
-            _in_shape_of(dparams[:, 0], gamma) if need[1] else None,
-            _in_shape_of(dparams[:, 1], alpha) if need[2] else None,
-            _in_shape_of(dparams[:, 2], beta) if beta is not None and need[3] else None,
+            _in_shape_of(rows[0], gamma) if need[1] else None,
+            _in_shape_of(rows[1], alpha) if need[2] else None,
+            _in_shape_of(rows[2], beta) if beta is not None and need[3] else None,
             None, None, None)
 
 
