@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from fastscore.backend.protocol import Number, Position, Tensor, acc_dtype
+from fastscore.backend.protocol import Number, Position, Tensor
 
 
 @functools.cache
@@ -82,11 +82,8 @@ def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Positi
 
 def dsm_per_sample_and_grad(scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                             anneal_power: float) -> tuple[Tensor, Tensor]:
-    """The two kernels, forward and backward (with a gradient of ones); the backward draws z again."""
     from . import score_matching
-    ones = torch.ones(scores.shape[0], dtype=acc_dtype(scores), device=scores.device)
-    return (score_matching.dsm_per_sample(scores, sigma, seed, offset, anneal_power),
-            score_matching.dsm_backward(ones, scores, sigma, seed, offset, anneal_power))
+    return score_matching.dsm_per_sample_and_grad(scores, sigma, seed, offset, anneal_power)
 
 
 def dsm_backward(grad: Tensor, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,

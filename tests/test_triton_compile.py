@@ -24,7 +24,7 @@ def _compile_all() -> list[str]:
 
     target = GPUTarget("cuda", 90, 32)
     pointer = {"x_ptr": "*bf16", "y_ptr": "*bf16", "dy_ptr": "*bf16", "dx_ptr": "*bf16", "out_ptr": "*bf16",
-               "scores_ptr": "*fp16", "score_ptr": "*fp32", "stream_ptr": "*i64"}
+               "scores_ptr": "*fp16", "score_ptr": "*fp32", "unit_grad_ptr": "*fp16", "stream_ptr": "*i64"}
     floats = {"eps", "step", "scale", "inv_count", "power", "muhat_scale", "inv_cm1"}
     wide = {"stride_n", "stride_c", "stride_hw", "grad_stride"}
     failures = []
@@ -53,15 +53,17 @@ def _compile_all() -> list[str]:
                                                  CHANNELS_LAST=channels_last, POSITION_IN_MEMORY=channels_last))
         build(langevin._langevin_kernel, dict(blocks, ARGS_IN_MEMORY=channels_last, CHANNELS_LAST=channels_last))
         build(score_matching._partial_kernel, dict(blocks, CHANNELS_LAST=channels_last,
-                                                   POSITION_IN_MEMORY=not channels_last))
+                                                   POSITION_IN_MEMORY=not channels_last, WITH_GRAD=channels_last))
         build(score_matching._backward_kernel, dict(blocks, CHANNELS_LAST=channels_last,
                                                     POSITION_IN_MEMORY=channels_last))
     build(perturbation._perturb_kernel, dict(FLAT=True, INDEX_32=True, CHANNELS_LAST=False, GROUPS=1, BLOCK_C=1,
                                              POSITION_IN_MEMORY=True), ones=flat_ones)
     build(perturbation._perturb_kernel, dict(FLAT=False, INDEX_32=True, CHANNELS_LAST=True, GROUPS=1, BLOCK_C=1,
                                              POSITION_IN_MEMORY=False), ones=flat_ones)
-    build(score_matching._partial_kernel, dict(CHANNELS_LAST=True, GROUPS=128, BLOCK_C=4, POSITION_IN_MEMORY=True),
-          ones=("C",))
+    build(score_matching._partial_kernel, dict(CHANNELS_LAST=True, GROUPS=128, BLOCK_C=4, POSITION_IN_MEMORY=True,
+                                               WITH_GRAD=False), ones=("C",))
+    build(score_matching._partial_kernel, dict(CHANNELS_LAST=False, GROUPS=512, BLOCK_C=1, POSITION_IN_MEMORY=True,
+                                               WITH_GRAD=True))
     build(noise._randn_kernel, dict(GROUPS=512, BLOCK_C=1))
     build(score_matching._finish_kernel, dict(BLOCK_N=64, BLOCK_K=32), ones=("N", "chunks"))
     for act, blocks in ((1, (1, 4096)), (2, (32, 128))):
