@@ -241,10 +241,13 @@ at::Tensor perturb_cuda(const at::Tensor& x_in, const at::Tensor& sigma_in, int6
 
 constexpr int64_t kPiece = 16384;  // elements of one sample summed by one block of the dsm forward
 
+// With unit_grad (else nullptr), the same pass also writes d l[n] / d scores = sigma^p (scores + z / sigma),
+// the gradient of a unit loss, from the same draw of z: dsm_per_sample_and_grad's one pass.
 template <typename scalar_t, bool kVec>
 __global__ void dsm_partial_kernel(const scalar_t* scores, const at::opmath_type<scalar_t>* sigma, int64_t d,
                                    int64_t pieces, uint64_t seed, uint64_t offset, const int64_t* seed_ptr,
-                                   const int64_t* offset_ptr, at::opmath_type<scalar_t>* partial) {
+                                   const int64_t* offset_ptr, at::opmath_type<scalar_t>* partial,
+                                   scalar_t* unit_grad, at::opmath_type<scalar_t> power) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = kVec ? Vec<scalar_t>::size : 4;
   if (seed_ptr) seed = static_cast<uint64_t>(*seed_ptr);
@@ -252,6 +255,7 @@ __global__ void dsm_partial_kernel(const scalar_t* scores, const at::opmath_type
   const int64_t n = blockIdx.x / pieces, piece = blockIdx.x % pieces;
   const int64_t start = n * d + piece * kPiece, end = min(start + kPiece, (n + 1) * d);
   const acc_t inv_sigma = acc_t(1) / sigma[n];
+  const acc_t coef = unit_grad ? pow(sigma[n], power) : acc_t(0);
   acc_t sum = 0;
   for (int64_t i0 = start + static_cast<int64_t>(threadIdx.x) * V; i0 < end; i0 += static_cast<int64_t>(blockDim.x) * V) {
     if (i0 + V <= end) {
@@ -266,15 +270,28 @@ __global__ void dsm_partial_kernel(const scalar_t* scores, const at::opmath_type
 #pragma unroll
         for (int v = 0; v < V; ++v) s[v] = scores[i0 + v];
       }
+      acc_t r[V];
 #pragma unroll
       for (int v = 0; v < V; ++v) {
-        const acc_t r = static_cast<acc_t>(s[v]) + static_cast<acc_t>(z[v]) * inv_sigma;
-        sum += r * r;
+        r[v] = static_cast<acc_t>(s[v]) + static_cast<acc_t>(z[v]) * inv_sigma;
+        sum += r[v] * r[v];
+      }
+      if (unit_grad) {
+        if constexpr (kVec) {  // unit_grad is as aligned as scores (the launcher checks both)
+          Pack<scalar_t> g;
+#pragma unroll
+          for (int v = 0; v < V; ++v) g.v[v] = static_cast<scalar_t>(coef * r[v]);
+          store_pack(unit_grad + i0, g);
+        } else {
+#pragma unroll
+          for (int v = 0; v < V; ++v) unit_grad[i0 + v] = static_cast<scalar_t>(coef * r[v]);
+        }
       }
     } else {
       for (int64_t i = i0; i < end; ++i) {
         const acc_t r = static_cast<acc_t>(scores[i]) + static_cast<acc_t>(normal_at(seed, offset + i)) * inv_sigma;
         sum += r * r;
+        if (unit_grad) unit_grad[i] = static_cast<scalar_t>(coef * r);
       }
     }
   }
@@ -282,10 +299,12 @@ __global__ void dsm_partial_kernel(const scalar_t* scores, const at::opmath_type
   if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
-at::Tensor dsm_per_sample_cuda(const at::Tensor& scores_in, const at::Tensor& sigma_in, int64_t seed, int64_t offset,
-                               double power, const c10::optional<at::Tensor>& seed_t,
-                               const c10::optional<at::Tensor>& offset_t) {
-  constexpr const char* op = "fastscore_ext::dsm_per_sample";
+// The per-sample losses and, with with_grad, d loss[n] / d scores (scores' dtype, contiguous) from the
+// same draw of the noise.
+std::tuple<at::Tensor, at::Tensor> dsm_losses_cuda(const char* op, const at::Tensor& scores_in,
+                                                   const at::Tensor& sigma_in, int64_t seed, int64_t offset,
+                                                   double power, const c10::optional<at::Tensor>& seed_t,
+                                                   const c10::optional<at::Tensor>& offset_t, bool with_grad) {
   check_float_tensor(op, "scores", scores_in);
   const at::Tensor sigma = checked_sigma(op, sigma_in, scores_in, "scores");
   const StreamPosition pos = stream_position(op, seed, offset, seed_t, offset_t, scores_in);
@@ -295,25 +314,27 @@ at::Tensor dsm_per_sample_cuda(const at::Tensor& scores_in, const at::Tensor& si
   const int64_t n_samples = scores.size(0), d = scores.numel() / n_samples;
   const int64_t pieces = (d + kPiece - 1) / kPiece;
   at::Tensor partial = at::empty({n_samples, pieces}, sigma.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_per_sample_cuda", [&] {
+  at::Tensor unit_grad = with_grad ? at::empty_like(scores) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scores.scalar_type(), "dsm_losses_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* sp = scores.data_ptr<scalar_t>();
-    const bool vec = aligned16(sp) && d % Vec<scalar_t>::size == 0;
+    scalar_t* gp = with_grad ? unit_grad.data_ptr<scalar_t>() : nullptr;
+    const bool vec = aligned16(sp) && (gp == nullptr || aligned16(gp)) && d % Vec<scalar_t>::size == 0;
     const unsigned blocks = static_cast<unsigned>(n_samples * pieces);
     auto stream = at::cuda::getCurrentCUDAStream();
     if (vec) {
       dsm_partial_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(
           sp, sigma.data_ptr<acc_t>(), d, pieces, pos.seed, pos.offset, pos.seed_ptr, pos.offset_ptr,
-          partial.data_ptr<acc_t>());
+          partial.data_ptr<acc_t>(), gp, static_cast<acc_t>(power));
     } else {
       dsm_partial_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(
           sp, sigma.data_ptr<acc_t>(), d, pieces, pos.seed, pos.offset, pos.seed_ptr, pos.offset_ptr,
-          partial.data_ptr<acc_t>());
+          partial.data_ptr<acc_t>(), gp, static_cast<acc_t>(power));
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // The pieces of a sample are added in a fixed order: deterministic, like the CPU kernel.
-  return partial.sum(1).mul_(sigma.pow(power)).mul_(0.5);
+  return {partial.sum(1).mul_(sigma.pow(power)).mul_(0.5), unit_grad};
 }
 
 at::Tensor dsm_backward_cuda(const at::Tensor& grad_in, const at::Tensor& scores_in, const at::Tensor& sigma_in,
@@ -338,14 +359,18 @@ at::Tensor dsm_backward_cuda(const at::Tensor& grad_in, const at::Tensor& scores
   return out;
 }
 
-// The losses and the gradient of a unit incoming gradient, as the two kernels above: the gradient's
-// kernel draws the noise once more (the CPU kernel writes both from one draw).
+at::Tensor dsm_per_sample_cuda(const at::Tensor& scores, const at::Tensor& sigma, int64_t seed, int64_t offset,
+                               double power, const c10::optional<at::Tensor>& seed_t,
+                               const c10::optional<at::Tensor>& offset_t) {
+  return std::get<0>(dsm_losses_cuda("fastscore_ext::dsm_per_sample", scores, sigma, seed, offset, power, seed_t,
+                                     offset_t, false));
+}
+
 std::tuple<at::Tensor, at::Tensor> dsm_per_sample_and_grad_cuda(
     const at::Tensor& scores, const at::Tensor& sigma, int64_t seed, int64_t offset, double power,
     const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t) {
-  at::Tensor loss = dsm_per_sample_cuda(scores, sigma, seed, offset, power, seed_t, offset_t);
-  at::Tensor ones = at::ones({scores.size(0)}, loss.options());
-  return {loss, dsm_backward_cuda(ones, scores, sigma, seed, offset, power, seed_t, offset_t)};
+  return dsm_losses_cuda("fastscore_ext::dsm_per_sample_and_grad", scores, sigma, seed, offset, power, seed_t,
+                         offset_t, true);
 }
 
 void langevin_step_cuda(at::Tensor x, const at::Tensor& score_in, double step_size, int64_t seed, int64_t offset,
