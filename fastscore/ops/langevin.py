@@ -13,7 +13,6 @@ from . import checks, eager
 
 Tensor = torch.Tensor
 _T = TypeVar("_T")
-_increment_version = torch._C._increment_version  # torch.autograd.graph.increment_version, minus a Python frame
 
 
 def langevin_step_(
@@ -43,7 +42,7 @@ def langevin_step_(
             resolved_backend(backend, x.device))
     if eager.plain(x) and not eager.needs_grad(x, score, step_t, scale_t):
         _langevin_impl(*args)
-        _increment_version((target,))  # as the registered op does for what it mutates
+        torch.autograd.graph.increment_version(target)  # as the registered op does for what it mutates
     else:
         torch.ops.fastscore.langevin_step_(*args)
     if target is not x:
