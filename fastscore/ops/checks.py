@@ -192,9 +192,9 @@ def stream_positions(seed: object, offset: object, x: torch.Tensor
     offset_t with 0 in place of its int; an int comes back as itself with None for the tensor.
     """
     numel = x.numel()
-    if (type(seed) is int and type(offset) is int and 0 <= seed <= MAX_SEED and 0 <= offset <= MAX_SEED
-            and offset + numel <= MAX_SEED + 1):
-        return seed, offset, None, None  # the common case, as check_seed_offset would pass it
+    if type(seed) is int and type(offset) is int:  # the common case: the bounds checked, nothing else to do
+        check_seed_offset(seed, offset, numel)
+        return seed, offset, None, None
     seed_t = seed if isinstance(seed, torch.Tensor) else None
     offset_t = offset if isinstance(offset, torch.Tensor) else None
     check_seed_offset(0 if seed_t is not None else seed, 0 if offset_t is not None else offset,
