@@ -77,7 +77,7 @@ def _activate(g, ACT: tl.constexpr):
     if ACT == 1:
         return tl.where(g > 0, g, tl.exp(g) - 1.0)
     elif ACT == 2:
-        return tl.maximum(g, 0.0)
+        return tl.where(g < 0, 0.0, g)  # NaN stays NaN, as torch.relu (maximum may drop it)
     else:
         return g
 

@@ -192,6 +192,27 @@ def _strided_reference(kind, x, leaves, grad_out, acc):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("activation", [None, "elu", "relu"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_norm_passes_nan_through_every_activation(backend, device, activation, channels_last):
+    """A NaN in a sample's input makes that whole sample's output NaN (its plane's mean enters every
+    channel through muhat), as in the reference, whatever the activation: a diverging network must not
+    come out of a norm looking finite (a ReLU written as max(v, 0) or !(v > 0) ? 0 : v maps NaN to 0)."""
+    torch.manual_seed(3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = make((2, 3, 4, 5), torch.float32, device)
+    x[0, 1, 2, 3] = float("nan")
+    x = x.contiguous(memory_format=fmt)
+    gamma, alpha, beta = (make((2, 3), torch.float32, device, scale=0.3, shift=1.0) for _ in range(3))
+    y = fastscore.cond_instance_norm_plus(x, gamma, alpha, beta, activation=activation, backend=backend)
+    want = reference.cond_instance_norm_plus(x, gamma, alpha, beta, 1e-5, activation)
+    assert torch.isnan(want[0]).all(), "the reference itself should carry the NaN to the whole sample"
+    nans = int(torch.isnan(y[0]).sum())
+    assert nans == y[0].numel(), f"{nans} of {y[0].numel()} outputs of the NaN sample are NaN"
+    torch.testing.assert_close(y[1], want[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
 @pytest.mark.parametrize("kind", ["embedding_slices", "transposed", "expanded"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

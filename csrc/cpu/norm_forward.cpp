@@ -172,7 +172,7 @@ void forward_run(const scalar_t* x, scalar_t* y, int64_t len, const acc_t* scale
       for (int64_t i = 0; i < n; ++i) {
         const int64_t k = kPerElem ? i : 0;
         const acc_t pre = sc[k] * (static_cast<acc_t>(x[b + i]) - m[k]) + sh[k];
-        y[b + i] = static_cast<scalar_t>(relu && !(pre > acc_t(0)) ? acc_t(0) : pre);
+        y[b + i] = static_cast<scalar_t>(relu && pre < acc_t(0) ? acc_t(0) : pre);  // NaN stays NaN
       }
       continue;
     }

@@ -114,7 +114,7 @@ inline void activation_inplace(acc_t* buf, int64_t n, int64_t act) {
   using Vec = at::vec::Vectorized<acc_t>;
   if (act == kActRelu) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) buf[i] = buf[i] > acc_t(0) ? buf[i] : acc_t(0);
+    for (int64_t i = 0; i < n; ++i) buf[i] = buf[i] < acc_t(0) ? acc_t(0) : buf[i];  // NaN stays NaN
   } else if (act == kActElu) {
     if constexpr (std::is_same_v<acc_t, float>) {
       // exp(v) - 1 (absolute error ~1e-7) is several times cheaper than an expm1; float64 keeps expm1

@@ -28,7 +28,7 @@ constexpr int kRowsPerBlock = 8;  // channels_last reductions: 32 channels x 8 r
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t act_forward(acc_t v, int64_t act) {
-  if (act == kActRelu) return v > acc_t(0) ? v : acc_t(0);
+  if (act == kActRelu) return v < acc_t(0) ? acc_t(0) : v;  // NaN stays NaN, as torch.relu
   if (act == kActElu) return v > acc_t(0) ? v : expm1(v);
   return v;
 }
