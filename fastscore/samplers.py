@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .sampling import AnnealedLangevin, LadderSampler, Level, _check_positive_int, _check_positive_number
+from .sampling import AnnealedLangevin, LadderSampler, Level, check_positive_int, check_positive_number
 from .updates import CORRECTOR, HEUN, STEP, Update
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,8 +51,8 @@ class ConsistentAnnealed(LadderSampler):
     def __init__(self, model: Model, sigmas: Sequence[float] | torch.Tensor, n_steps_each: int = 1,
                  eta: float = 1.0, **common: Any):
         super().__init__(model, sigmas, **common)
-        self.n_steps_each = _check_positive_int("n_steps_each", n_steps_each)
-        self.eta = _check_positive_number("eta", eta)
+        self.n_steps_each = check_positive_int("n_steps_each", n_steps_each)
+        self.eta = check_positive_number("eta", eta)
         if self.eta > 1.0:
             raise ValueError(f"eta must be in (0, 1] (a step past the denoised point overshoots), got {eta}")
         ratio = max(sigma / nxt for _, sigma, nxt in self.ladder() if nxt > 0) if len(self.levels) > 1 else 1.0
@@ -91,8 +91,8 @@ class PredictorCorrector(LadderSampler):
     def __init__(self, model: Model, sigmas: Sequence[float] | torch.Tensor, n_corrector: int = 1,
                  snr: float = 0.16, **common: Any):
         super().__init__(model, sigmas, **common)
-        self.n_corrector = _check_positive_int("n_corrector", n_corrector) if n_corrector != 0 else 0
-        self.snr = _check_positive_number("snr", snr)
+        self.n_corrector = check_positive_int("n_corrector", n_corrector) if n_corrector != 0 else 0
+        self.snr = check_positive_number("snr", snr)
 
     def plan(self) -> tuple[Level, ...]:
         return tuple(Level(label, sigma, (Update(CORRECTOR, (label,), (self.snr, 1.0)),) * self.n_corrector

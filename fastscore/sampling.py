@@ -227,13 +227,13 @@ def _check_levels(levels: int | Sequence[int] | None, n: int) -> tuple[int, ...]
     return chosen
 
 
-def _check_positive_int(name: str, value: object) -> int:
+def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
 
 
-def _check_positive_number(name: str, value: object, *, allow_zero: bool = False) -> float:
+def check_positive_number(name: str, value: object, *, allow_zero: bool = False) -> float:
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or value < 0 or (value == 0 and not allow_zero)):
         raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
@@ -470,8 +470,8 @@ class AnnealedLangevin(LadderSampler):
         **common: Any,
     ):
         super().__init__(model, sigmas, **common)
-        self.n_steps_each = _check_positive_int("n_steps_each", n_steps_each)
-        self.step_lr = _check_positive_number("step_lr", step_lr)
+        self.n_steps_each = check_positive_int("n_steps_each", n_steps_each)
+        self.step_lr = check_positive_number("step_lr", step_lr)
         self.denoise = bool(denoise)
         self.step_sizes = langevin_step_sizes(self.sigmas, self.step_lr)
 

@@ -159,7 +159,7 @@ class UsageError(ValueError):
     """Arguments that do not fit together (reported in one line, exit code 2)."""
 
 
-def _sampler_for(args: argparse.Namespace, device: str | None = None):
+def sampler_for(args: argparse.Namespace, device: str | None = None):
     from fastscore.ncsn import training
     from fastscore.ncsn.data import Preprocess
 
@@ -196,7 +196,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     group, device = distributed.init(args.device)
     try:
-        sampler, config, ckpt, preprocess = _sampler_for(args, str(device))
+        sampler, config, ckpt, preprocess = sampler_for(args, str(device))
         images = generate(sampler, args.n, args.seed, group, batch=args.batch, progress=not args.quiet,
                           to_image=lambda x: to_uint8(preprocess.invert(x)))
     finally:
@@ -227,7 +227,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     from fastscore.ncsn.images import save_png
     from fastscore.ncsn.inpainting import half_mask, inpaint_grid, reference_images
 
-    sampler, config, ckpt, preprocess = _sampler_for(args)
+    sampler, config, ckpt, preprocess = sampler_for(args)
     spec = training.data_spec_from_config(config, split="test")
     meta = ckpt.get("meta", {}).get("data", {})
     if meta.get("name") == "folder":

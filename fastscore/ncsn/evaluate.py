@@ -16,7 +16,7 @@ def run_directory(checkpoint: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .cli import _sampler_for
+    from .cli import sampler_for
 
     wanted = (args.fid, args.inception_score, args.kid)
     fid, inception_score, kid = wanted if any(wanted) else (True, True, True)
@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
     out_dir = os.path.join(run_directory(args.checkpoint), "eval")
     group, device = distributed.init(args.device)
     try:
-        sampler, config, ckpt, preprocess = _sampler_for(args, str(device))
+        sampler, config, ckpt, preprocess = sampler_for(args, str(device))
         if args.samples:
             samples = read_npz(args.samples) if group.is_main else None
         else:
