@@ -384,14 +384,12 @@ void langevin_step_cuda(at::Tensor x, const at::Tensor& score_in, double step_si
               score_in.sizes());
   check_same_device(op, "score", score_in, "x", x);
   check_scalar_tensor(op, "step_size", step_t, x, false);
-  check_scalar_tensor(op, "seed", seed_t, x, true);
-  check_scalar_tensor(op, "offset", offset_t, x, true);
+  const StreamPosition pos = stream_position(op, seed, offset, seed_t, offset_t, x);
   check_scalar_tensor(op, "noise_scale", noise_t, x, false);
   auto given = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
   // Only the host-side numbers are checked here: device values are never read back (no sync, capturable).
   if (!given(step_t)) check_finite(op, "step_size", step_size, false);
   if (!given(noise_t) && noise_scale >= 0) check_finite(op, "noise_scale", noise_scale, false);
-  if (!given(seed_t) && !given(offset_t)) check_seed_offset(op, seed, offset, x.numel());
   if (x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor dense = x.is_contiguous() ? x : x.contiguous();
@@ -402,8 +400,8 @@ void langevin_step_cuda(at::Tensor x, const at::Tensor& score_in, double step_si
   const at::Tensor noise_d = given(noise_t) ? noise_t->to(at::kDouble).reshape({1}) : at::Tensor();
   const double* step_ptr = step_d.defined() ? step_d.data_ptr<double>() : nullptr;
   const double* noise_ptr = noise_d.defined() ? noise_d.data_ptr<double>() : nullptr;
-  const int64_t* seed_ptr = given(seed_t) ? seed_t->data_ptr<int64_t>() : nullptr;
-  const int64_t* offset_ptr = given(offset_t) ? offset_t->data_ptr<int64_t>() : nullptr;
+  const int64_t* seed_ptr = pos.seed_ptr;
+  const int64_t* offset_ptr = pos.offset_ptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dense.scalar_type(), "langevin_step_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     scalar_t* xp = dense.data_ptr<scalar_t>();
