@@ -41,6 +41,20 @@ def test_loss_is_ncsns_anneal_dsm_on_the_noise_stream():
     assert not torch.equal(t.loss(x), loss)
 
 
+def test_level_power_draws_levels_in_proportion_to_a_power_of_sigma():
+    """level_power 0 keeps ncsn's uniform randint draw (the same labels from the same generator state);
+    level_power p draws level i with probability sigma_i^p / sum_j sigma_j^p."""
+    uniform = make_trainer()
+    g = torch.Generator()
+    g.set_state(uniform.generator.get_state())
+    assert torch.equal(uniform.draw_labels(64), torch.randint(0, 4, (64,), generator=g))
+    t = make_trainer(level_power=1.0)
+    n = 40000
+    freq = torch.bincount(t.draw_labels(n), minlength=4).double() / n
+    want = t.sigmas.double() / t.sigmas.double().sum()   # sigmas 1 .. 0.01: 0.79, 0.17, 0.04, 0.01
+    torch.testing.assert_close(freq, want, atol=0.01, rtol=0)  # 5 standard deviations at most
+
+
 def test_noise_seed_comes_from_the_run_seed():
     a, b, c = make_trainer(seed=1), make_trainer(seed=1), make_trainer(seed=2)
     assert a.noise_seed == b.noise_seed != c.noise_seed

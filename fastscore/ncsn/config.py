@@ -8,6 +8,7 @@
 Sections and keys (anything else is an error that names the key):
 
     training  batch_size, n_epochs, n_iters, ngpu, snapshot_freq, algo, anneal_power, noise_schedule
+              (+ level_power)
     data      dataset, image_size, channels, logit_transform, random_flip     (+ rescaled, subset, root)
     model     sigma_begin, sigma_end, num_classes, batch_norm, ngf            (+ arch)
     optim     weight_decay, optimizer, lr, beta1, amsgrad                     (+ beta2, eps)
@@ -65,6 +66,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "snapshot_freq": F(int, 5000, min=1, help="steps between checkpoints"),
         "algo": F(str, "dsm", choices=("dsm",), help="fastscore trains by denoising score matching only"),
         "anneal_power": F(float, 2.0, help="loss weight sigma^anneal_power"),
+        "level_power": F(float, 0.0, min=-8, max=8,
+                         help="noise levels drawn with probability proportional to sigma^level_power (0: uniform, "
+                              "as ncsn; > 0 favours the large levels)"),
         "noise_schedule": F(str, "geometric", choices=("geometric", "linear")),
     },
     "data": {

@@ -58,7 +58,8 @@ def settings_from_config(config, **overrides) -> TrainSettings:
     values = dict(
         n_iters=t.n_iters, batch_size=t.batch_size, optimizer=o.optimizer, lr=o.lr, beta1=o.beta1,
         beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay, amsgrad=o.amsgrad,
-        anneal_power=t.anneal_power, ema_rate=f.ema_rate if f.ema else 0.0, bf16=f.bf16, seed=f.seed,
+        anneal_power=t.anneal_power, level_power=t.level_power, ema_rate=f.ema_rate if f.ema else 0.0,
+        bf16=f.bf16, seed=f.seed,
         log_every=f.log_freq, checkpoint_every=t.snapshot_freq,
         backend=None if f.backend == "auto" else f.backend)
     values.update(overrides)

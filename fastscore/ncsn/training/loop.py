@@ -66,6 +66,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     amsgrad: bool = False
     anneal_power: float = 2.0
+    level_power: float = 0.0         # noise levels drawn with probability ~ sigma^level_power; 0 = uniform (ncsn)
     ema_rate: float = 0.0            # 0 = no EMA; ncsn/NCSNv2 use 0.999
     bf16: bool = False               # autocast the model's forward to bfloat16
     grad_clip: float = 0.0           # 0 = none
@@ -238,12 +239,18 @@ class Trainer:
                                             device=self.device).item())
         self.noise_offset = 0
         self.step = 0
+        # None: uniform levels, drawn by randint as ncsn does (so that default runs keep their stream)
+        self.level_probs = self.sigmas ** settings.level_power if settings.level_power else None
         self.watch = NonFiniteWatch(self.device)
 
     # ---- one step
     def draw_labels(self, n: int) -> torch.Tensor:
-        """A noise level per sample, uniform, from the trainer's generator."""
-        return torch.randint(0, len(self.sigmas), (n,), generator=self.generator, device=self.device)
+        """A noise level per sample from the trainer's generator: uniform, or with probability proportional
+        to sigma^level_power (more updates where the score is learnt slowest; non-uniform noise-level
+        sampling as in EDM, Karras et al. 2022)."""
+        if self.level_probs is None:
+            return torch.randint(0, len(self.sigmas), (n,), generator=self.generator, device=self.device)
+        return torch.multinomial(self.level_probs, n, replacement=True, generator=self.generator)
 
     def objective(self, x: torch.Tensor, labels: torch.Tensor, seed: int | torch.Tensor,
                   offset: int | torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
