@@ -260,7 +260,8 @@ def recipe(config: dict, sampler: str, steps_each: int, eta: float) -> str:
     else:
         net = f"NCSN (Song & Ermon 2019): the noise-conditional {m['arch']}"
     parts = [net, f"ngf {m['ngf']}",
-             f"{m['num_classes']} {t['noise_schedule']} noise levels {m['sigma_begin']:g} to {m['sigma_end']:g}",
+             f"{m['num_classes']} {t['noise_schedule']} noise levels {m['sigma_begin']:g} to {m['sigma_end']:g}"
+             + (f", drawn with probability proportional to sigma^{t['level_power']:g}" if t.get("level_power") else ""),
              f"batch {t['batch_size']}, Adam lr {o['lr']:g}",
              f"EMA {f['ema_rate']:g}" if f["ema"] else "no EMA",
              f"{sampler} sampling (Jolicoeur-Martineau et al. 2021), {steps_each} steps per level at eta {eta:g}, "
