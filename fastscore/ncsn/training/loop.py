@@ -246,8 +246,8 @@ class Trainer:
     # ---- one step
     def draw_labels(self, n: int) -> torch.Tensor:
         """A noise level per sample from the trainer's generator: uniform, or with probability proportional
-        to sigma^level_power (more updates where the score is learnt slowest; non-uniform noise-level
-        sampling as in EDM, Karras et al. 2022)."""
+        to sigma^level_power (non-uniform noise-level sampling, as EDM does, Karras et al. 2022; a power
+        above 0 gives the large levels, which learn the images' overall shape, more of the updates)."""
         if self.level_probs is None:
             return torch.randint(0, len(self.sigmas), (n,), generator=self.generator, device=self.device)
         return torch.multinomial(self.level_probs, n, replacement=True, generator=self.generator)
