@@ -76,6 +76,31 @@ inline at::Tensor checked_param(const char* op, const char* name, const at::Tens
   return as_dtype(p, acc_dtype(x.scalar_type()));
 }
 
+// The lookup form's parameters: row labels[n] of table (L, K*C) holds sample n's (gamma | alpha | beta)
+// (K = 3) or (gamma | alpha) (K = 2), as an embedding's weight does. Checks shapes, dtypes and devices,
+// not the labels' values (the kernels check each label they read); returns the table in the arithmetic
+// dtype (only a conversion copies; any strides) and the labels as int64.
+struct Lookup {
+  at::Tensor labels;  // (N,) int64
+  at::Tensor table;   // (L, K*C) in the arithmetic dtype
+  int64_t K;
+};
+
+inline Lookup checked_lookup(const char* op, const at::Tensor& labels, const at::Tensor& table, const at::Tensor& x) {
+  TORCH_CHECK(labels.defined() && (labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt), op,
+              ": labels must be an int64 or int32 tensor, got ",
+              labels.defined() ? c10::toString(labels.scalar_type()) : "None");
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == x.size(0), op, ": labels must have shape (N,) = (", x.size(0),
+              ",), got ", labels.sizes());
+  check_same_device(op, "labels", labels, "x", x);
+  check_float_tensor(op, "table", table);
+  const int64_t c = x.size(1);
+  TORCH_CHECK(table.dim() == 2 && table.size(0) > 0 && (table.size(1) == 3 * c || table.size(1) == 2 * c), op,
+              ": table must have shape (L, 3C) or (L, 2C) with C = ", c, ", got ", table.sizes());
+  check_same_device(op, "table", table, "x", x);
+  return {as_dtype(labels, at::kLong).contiguous(), as_dtype(table, acc_dtype(x.scalar_type())), table.size(1) / c};
+}
+
 inline void check_norm_x(const char* op, const at::Tensor& x, double eps, int64_t activation) {
   check_float_tensor(op, "x", x);
   TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got shape ", x.sizes());

@@ -32,12 +32,22 @@ TORCH_LIBRARY(fastscore_ext, m) {
   // so the gradient of such an embedding needs no gather.
   m.def("norm_backward(Tensor grad_y, Tensor x, Tensor gamma, Tensor alpha, Tensor? beta,"
         " Tensor mean, Tensor rstd, float eps, int activation) -> (Tensor, Tensor)");
+  // The lookup form of both: sample n's (gamma | alpha | beta) (or (gamma | alpha)) is row labels[n] of table
+  // (L, 3C) (or (L, 2C)), an embedding's weight, read in place by the kernels (no gathered copy). The
+  // backward's parameter grads are per sample, as above; the caller adds them into the table's rows.
+  m.def("norm_forward_lookup(Tensor x, Tensor labels, Tensor table, float eps, int activation)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("norm_backward_lookup(Tensor grad_y, Tensor x, Tensor labels, Tensor table, Tensor mean, Tensor rstd,"
+        " float eps, int activation) -> (Tensor, Tensor)");
   // seed_t / offset_t, one-element int64 tensors on x's device, replace seed / offset when given: the
   // CUDA kernels read them on the device (a captured CUDA graph can advance them), never the host.
   m.def("perturb(Tensor x, Tensor sigma, int seed, int offset, Tensor? seed_t=None, Tensor? offset_t=None)"
         " -> Tensor");
   // Per-sample losses (N,), float32 (float64 for float64 scores); the reduction is done by the caller.
   m.def("dsm_per_sample(Tensor scores, Tensor sigma, int seed, int offset, float anneal_power,"
+        " Tensor? seed_t=None, Tensor? offset_t=None) -> Tensor");
+  // Their mean (reduction 1) or sum (2) as a 0-d tensor in the same dtype, in one call.
+  m.def("dsm_reduced(Tensor scores, Tensor sigma, int seed, int offset, float anneal_power, int reduction,"
         " Tensor? seed_t=None, Tensor? offset_t=None) -> Tensor");
   // The per-sample losses and, from the same noise, d loss[n] / d scores (scores' dtype, contiguous).
   m.def("dsm_per_sample_and_grad(Tensor scores, Tensor sigma, int seed, int offset, float anneal_power,"
@@ -74,27 +84,62 @@ Shape shape_of(const at::Tensor& x) {
   return {x.size(0), x.size(1), x.size(2) * x.size(3), use_channels_last(x)};
 }
 
-// The checked parameters (arithmetic dtype, any strides) as the kernels read them: (N, C) by their row
-// and column strides, (C,) as one row shared by every sample (row stride 0).
-template <typename acc_t>
-NormParams<acc_t> norm_params(const at::Tensor& g, const at::Tensor& a, const c10::optional<at::Tensor>& b) {
-  auto row = [](const at::Tensor& t) { return t.dim() == 2 ? t.stride(0) : int64_t(0); };
-  auto col = [](const at::Tensor& t) { return t.stride(t.dim() - 1); };
-  return {g.data_ptr<acc_t>(), a.data_ptr<acc_t>(), b.has_value() ? b->data_ptr<acc_t>() : nullptr,
-          row(g), row(a), b.has_value() ? row(*b) : int64_t(0),
-          col(g), col(a), b.has_value() ? col(*b) : int64_t(0)};
+// The checked parameters (arithmetic dtype, any strides) as the kernels read them: three (N, C) or (C,)
+// tensors by their row and column strides ((C,) as one row shared by every sample: row stride 0), or
+// the lookup form, a table (L, K*C) whose row labels[n] holds sample n's K blocks of C columns.
+struct ParamSource {
+  at::Tensor gamma, alpha;
+  c10::optional<at::Tensor> beta;
+  at::Tensor table, labels;  // the lookup form when table is defined
+  int64_t K = 0, C = 0;
+
+  bool has_beta() const { return table.defined() ? K == 3 : beta.has_value(); }
+
+  template <typename acc_t>
+  NormParams<acc_t> params() const {
+    if (table.defined()) {
+      const acc_t* base = table.data_ptr<acc_t>();
+      const int64_t row = table.stride(0), col = table.stride(1);
+      return {base, base + C * col, K == 3 ? base + 2 * C * col : nullptr, row, row, row, col, col, col,
+              labels.data_ptr<int64_t>()};
+    }
+    auto row = [](const at::Tensor& t) { return t.dim() == 2 ? t.stride(0) : int64_t(0); };
+    auto col = [](const at::Tensor& t) { return t.stride(t.dim() - 1); };
+    const at::Tensor* b = beta.has_value() ? &*beta : nullptr;
+    return {gamma.data_ptr<acc_t>(), alpha.data_ptr<acc_t>(), b ? b->data_ptr<acc_t>() : nullptr,
+            row(gamma), row(alpha), b ? row(*b) : int64_t(0),
+            col(gamma), col(alpha), b ? col(*b) : int64_t(0)};
+  }
+};
+
+ParamSource plain_params(const char* op, const at::Tensor& gamma, const at::Tensor& alpha,
+                         const c10::optional<at::Tensor>& beta, const at::Tensor& x) {
+  ParamSource src;
+  src.gamma = checked_param(op, "gamma", gamma, x);
+  src.alpha = checked_param(op, "alpha", alpha, x);
+  if (beta.has_value() && beta->defined()) src.beta = checked_param(op, "beta", *beta, x);
+  return src;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cpu(const at::Tensor& x_in, const at::Tensor& gamma_in,
-                                                                const at::Tensor& alpha_in,
-                                                                const c10::optional<at::Tensor>& beta_in, double eps,
-                                                                int64_t act) {
-  constexpr const char* op = "fastscore_ext::norm_forward";
-  check_norm_x(op, x_in, eps, act);
-  const at::Tensor gamma = checked_param(op, "gamma", gamma_in, x_in);
-  const at::Tensor alpha = checked_param(op, "alpha", alpha_in, x_in);
-  c10::optional<at::Tensor> beta;
-  if (beta_in.has_value() && beta_in->defined()) beta = checked_param(op, "beta", *beta_in, x_in);
+// On the CPU every label is checked here, before any kernel reads a row by it.
+ParamSource lookup_params(const char* op, const at::Tensor& labels, const at::Tensor& table, const at::Tensor& x) {
+  const Lookup lookup = checked_lookup(op, labels, table, x);
+  const int64_t rows = lookup.table.size(0);
+  const int64_t* r = lookup.labels.data_ptr<int64_t>();
+  for (int64_t n = 0; n < lookup.labels.size(0); ++n) {
+    TORCH_CHECK_INDEX(r[n] >= 0 && r[n] < rows, op, ": labels[", n, "] = ", r[n], " is out of range for a table of ",
+                      rows, " rows");
+  }
+  ParamSource src;
+  src.table = lookup.table;
+  src.labels = lookup.labels;
+  src.K = lookup.K;
+  src.C = x.size(1);
+  return src;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(const char* op, const at::Tensor& x_in, const ParamSource& src,
+                                                       double eps, int64_t act) {
   const at::Tensor x = dense_input(x_in);
   const Shape s = shape_of(x);
   const auto acc = x.options().dtype(acc_dtype(x.scalar_type()));
@@ -105,25 +150,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cpu(const at::Tensor
     using acc_t = acc_type<scalar_t>;
     acc_t* scale = coeffs.data_ptr<acc_t>();
     norm_forward<scalar_t>({s, eps, act, x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(),
-                            rstd.data_ptr<acc_t>(), scale, scale + s.N * s.C, norm_params<acc_t>(gamma, alpha, beta)});
+                            rstd.data_ptr<acc_t>(), scale, scale + s.N * s.C, src.params<acc_t>()});
   });
   return {y, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor> norm_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& alpha_in,
-    const c10::optional<at::Tensor>& beta_in, const at::Tensor& mean_in, const at::Tensor& rstd_in, double eps,
-    int64_t act) {
-  constexpr const char* op = "fastscore_ext::norm_backward";
-  check_norm_x(op, x_in, eps, act);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cpu(const at::Tensor& x, const at::Tensor& gamma,
+                                                                const at::Tensor& alpha,
+                                                                const c10::optional<at::Tensor>& beta, double eps,
+                                                                int64_t act) {
+  constexpr const char* op = "fastscore_ext::norm_forward";
+  check_norm_x(op, x, eps, act);
+  return run_forward(op, x, plain_params(op, gamma, alpha, beta, x), eps, act);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_lookup_cpu(const at::Tensor& x, const at::Tensor& labels,
+                                                                       const at::Tensor& table, double eps,
+                                                                       int64_t act) {
+  constexpr const char* op = "fastscore_ext::norm_forward_lookup";
+  check_norm_x(op, x, eps, act);
+  return run_forward(op, x, lookup_params(op, labels, table, x), eps, act);
+}
+
+std::tuple<at::Tensor, at::Tensor> run_backward(const char* op, const at::Tensor& grad_y, const at::Tensor& x_in,
+                                            const ParamSource& src, const at::Tensor& mean_in,
+                                            const at::Tensor& rstd_in, double eps, int64_t act) {
   check_float_tensor(op, "grad_y", grad_y);
   TORCH_CHECK(grad_y.sizes() == x_in.sizes(), op, ": grad_y must have x's shape ", x_in.sizes(), ", got ",
               grad_y.sizes());
   check_same_device(op, "grad_y", grad_y, "x", x_in);
-  const at::Tensor gamma = checked_param(op, "gamma", gamma_in, x_in);
-  const at::Tensor alpha = checked_param(op, "alpha", alpha_in, x_in);
-  c10::optional<at::Tensor> beta;
-  if (beta_in.has_value() && beta_in->defined()) beta = checked_param(op, "beta", *beta_in, x_in);
   const int64_t N = x_in.size(0), C = x_in.size(1);
   const at::ScalarType stat_type = acc_dtype(x_in.scalar_type());
   auto check_stat = [&](const char* name, const at::Tensor& t) {
@@ -143,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> norm_backward_cpu(
   const auto acc = x.options().dtype(stat_type);
   at::Tensor dx = empty_like(x);
   at::Tensor scratch = empty({7, N, C}, acc);  // scale, shift, S1, S2, c1, c2, c3: (N, C) each
-  const bool has_beta = beta.has_value();
+  const bool has_beta = src.has_beta();
   const int64_t K = has_beta ? 3 : 2;
   at::Tensor dparams = empty({N, K, C}, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "norm_backward_cpu", [&] {
@@ -154,9 +209,26 @@ std::tuple<at::Tensor, at::Tensor> norm_backward_cpu(
                              mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), nc, nc + k, nc + 2 * k, nc + 3 * k,
                              nc + 4 * k, nc + 5 * k, nc + 6 * k, dparams.data_ptr<acc_t>(),
                              dparams.data_ptr<acc_t>() + C, has_beta ? dparams.data_ptr<acc_t>() + 2 * C : nullptr,
-                             K * C, norm_params<acc_t>(gamma, alpha, beta)});
+                             K * C, src.params<acc_t>()});
   });
   return {dx, dparams};
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& alpha,
+    const c10::optional<at::Tensor>& beta, const at::Tensor& mean, const at::Tensor& rstd, double eps, int64_t act) {
+  constexpr const char* op = "fastscore_ext::norm_backward";
+  check_norm_x(op, x, eps, act);
+  return run_backward(op, grad_y, x, plain_params(op, gamma, alpha, beta, x), mean, rstd, eps, act);
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_backward_lookup_cpu(const at::Tensor& grad_y, const at::Tensor& x,
+                                                            const at::Tensor& labels, const at::Tensor& table,
+                                                            const at::Tensor& mean, const at::Tensor& rstd, double eps,
+                                                            int64_t act) {
+  constexpr const char* op = "fastscore_ext::norm_backward_lookup";
+  check_norm_x(op, x, eps, act);
+  return run_backward(op, grad_y, x, lookup_params(op, labels, table, x), mean, rstd, eps, act);
 }
 
 // ---- noise ops --------------------------------------------------------------------------------------
@@ -227,6 +299,26 @@ at::Tensor dsm_per_sample_cpu(const at::Tensor& scores, const at::Tensor& sigma,
                               const c10::optional<at::Tensor>& offset_t) {
   return std::get<0>(dsm_losses_cpu("fastscore_ext::dsm_per_sample", scores, sigma, seed, offset, power, seed_t,
                                     offset_t, false));
+}
+
+// The per-sample losses' mean (reduction 1) or sum (2), a 0-d tensor in the arithmetic dtype, summed in
+// double in the same call: for a small batch a separate torch reduction costs more host time than the loss.
+at::Tensor dsm_reduced_cpu(const at::Tensor& scores, const at::Tensor& sigma, int64_t seed, int64_t offset,
+                           double power, int64_t reduction, const c10::optional<at::Tensor>& seed_t,
+                           const c10::optional<at::Tensor>& offset_t) {
+  constexpr const char* op = "fastscore_ext::dsm_reduced";
+  TORCH_CHECK(reduction == 1 || reduction == 2, op, ": reduction must be 1 (mean) or 2 (sum), got ", reduction);
+  const at::Tensor losses = std::get<0>(dsm_losses_cpu(op, scores, sigma, seed, offset, power, seed_t, offset_t,
+                                                       false));
+  at::Tensor out = empty({}, losses.options());
+  AT_DISPATCH_FLOATING_TYPES(losses.scalar_type(), "dsm_reduced_cpu", [&] {
+    const scalar_t* l = losses.data_ptr<scalar_t>();
+    const int64_t n = losses.numel();
+    double total = 0;
+    for (int64_t i = 0; i < n; ++i) total += static_cast<double>(l[i]);
+    *out.data_ptr<scalar_t>() = static_cast<scalar_t>(reduction == 1 ? total / static_cast<double>(n) : total);
+  });
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> dsm_per_sample_and_grad_cpu(
@@ -322,9 +414,12 @@ TORCH_LIBRARY_IMPL(fastscore_ext, CPU, m) {
   using namespace fastscore::cpu;
   m.impl("norm_forward", &norm_forward_cpu);
   m.impl("norm_backward", &norm_backward_cpu);
+  m.impl("norm_forward_lookup", &norm_forward_lookup_cpu);
+  m.impl("norm_backward_lookup", &norm_backward_lookup_cpu);
   m.impl("normal_", &normal_cpu);
   m.impl("perturb", &perturb_cpu);
   m.impl("dsm_per_sample", &dsm_per_sample_cpu);
+  m.impl("dsm_reduced", &dsm_reduced_cpu);
   m.impl("dsm_per_sample_and_grad", &dsm_per_sample_and_grad_cpu);
   m.impl("dsm_backward", &dsm_backward_cpu);
   m.impl("langevin_step_", &langevin_step_cpu);

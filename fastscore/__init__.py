@@ -37,7 +37,8 @@ if not any(isinstance(finder, _CheckoutKernels) for finder in sys.meta_path):
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "cond_instance_norm_plus": ".ops", "perturb": ".ops", "dsm_loss": ".ops", "langevin_step_": ".ops",
+    "cond_instance_norm_plus": ".ops", "cond_instance_norm_plus_lookup": ".ops", "perturb": ".ops",
+    "dsm_loss": ".ops", "langevin_step_": ".ops",
     "randn": ".ops", "backends": ".backend.dispatch", "BackendUnavailable": ".backend.dispatch",
     "AnnealedLangevin": ".sampling", "ConsistentAnnealed": ".samplers", "ReverseDiffusion": ".samplers",
     "PredictorCorrector": ".samplers", "ProbabilityFlow": ".samplers",

@@ -9,6 +9,8 @@ Parameter names, shapes and initialisation follow the original code so that its 
                              `embed` of num_classes x 2C, (gamma | beta); the same op with alpha = 0
     InstanceNorm2dPlus       ermongroup/ncsnv2 InstanceNorm2dPlus: shared `alpha`, `gamma`, `beta` of (C,)
 
+CondInstanceNorm2dPlus runs fastscore.cond_instance_norm_plus_lookup on its embedding's weight (each
+sample's row read in place by its label); the other two pass their parameters to the op as views.
 Each takes an optional fused `activation` ("elu" or "relu"): y = act(norm(x)) in one kernel, so a
 network can fold the ELU that follows most of its norms into the norm itself. None keeps the plain norm.
 The modules hold no buffers: the statistics are those of the current input (instance norm, no
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .ops import cond_instance_norm_plus
+from .ops import cond_instance_norm_plus, cond_instance_norm_plus_lookup
 from .ops.norm import ACTIVATIONS
 
 __all__ = ["CondInstanceNorm2dPlus", "CondInstanceNorm2d", "InstanceNorm2dPlus"]
@@ -110,13 +112,11 @@ class CondInstanceNorm2dPlus(nn.Module):
             self.embed.weight[:, 2 * c:].zero_()                # beta at 0
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        _check_labels(y, x)
-        c = self.num_features
-        # (N, 3C) or (N, 2C) rows; the op reads gamma, alpha, beta as strided views of them (no copies),
-        # and its backward hands back their gradients as one (N, K, C) buffer: the rows' gradient as is.
-        gamma, alpha, *rest = split_rows(self.embed(y), c)
-        beta = rest[0] if self.bias else None
-        return cond_instance_norm_plus(x, gamma, alpha, beta, self.eps, self.activation, backend=self.backend)
+        # The op reads each sample's (gamma | alpha | beta) row of the embedding's weight by its label
+        # (the embedding module is not called: no gathered rows, no views of them, no embedding backward;
+        # the weight's gradient comes from the op's backward). The label checks are the op's.
+        return cond_instance_norm_plus_lookup(x, y, self.embed.weight, self.eps, self.activation,
+                                              backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, num_classes={self.num_classes}, bias={self.bias}"

@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from fastscore.backend.protocol import Number, Position, Tensor
+from fastscore.backend.protocol import Number, Position, Tensor, gathered, reduce_losses
 
 
 @functools.cache
@@ -70,6 +70,17 @@ def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta:
     return instance_norm.norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation)
 
 
+def norm_forward_lookup(x: Tensor, labels: Tensor, table: Tensor, eps: float,
+                        activation: int) -> tuple[Tensor, Tensor, Tensor]:
+    # One gather of the rows, then the kernels above (they read the gathered views in place).
+    return norm_forward(x, *gathered(labels, table, x.shape[1]), eps, activation)
+
+
+def norm_backward_lookup(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor,
+                         eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    return norm_backward(grad_y, x, *gathered(labels, table, x.shape[1]), mean, rstd, eps, activation)
+
+
 def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tensor:
     from . import perturbation
     return perturbation.perturb(x, sigma, seed, offset)
@@ -78,6 +89,11 @@ def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tenso
 def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float) -> Tensor:
     from . import score_matching
     return score_matching.dsm_per_sample(scores, sigma, seed, offset, anneal_power)
+
+
+def dsm_reduced(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float,
+                reduction: str) -> Tensor:
+    return reduce_losses(dsm_per_sample(scores, sigma, seed, offset, anneal_power), reduction)
 
 
 def dsm_per_sample_and_grad(scores: Tensor, sigma: Tensor, seed: Position, offset: Position,

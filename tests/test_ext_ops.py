@@ -257,6 +257,7 @@ def _opcheck_cases(device):
     sigma = torch.rand(2, device=device) + 0.1
     y, mean, rstd = ops.norm_forward(x, g, a, b, 1e-5, 1)
     x_cl = x.contiguous(memory_format=torch.channels_last)
+    table = torch.randn(5, 9, device=device)
     one = lambda v, dtype=None: torch.tensor([v], dtype=dtype, device=device)  # noqa: E731
     return [
         (ops.norm_forward.default, (x, g, a, b, 1e-5, 1)),
@@ -265,7 +266,14 @@ def _opcheck_cases(device):
         (ops.norm_backward.default, (torch.randn_like(x_cl), x_cl, g, a, None, mean, rstd, 1e-5, 0)),
         (ops.perturb.default, (x, sigma, 3, 4)),
         (ops.perturb.default, (x_cl, sigma, 3, 4)),
+        (ops.norm_forward_lookup.default, (x, torch.tensor([4, 0], device=device), table, 1e-5, 1)),
+        (ops.norm_forward_lookup.default, (x_cl, torch.tensor([1, 1], dtype=torch.int32, device=device),
+                                           table[:, :6], 1e-5, 0)),
+        (ops.norm_backward_lookup.default, (torch.randn_like(y), x, torch.tensor([4, 0], device=device), table,
+                                            mean, rstd, 1e-5, 2)),
         (ops.dsm_per_sample.default, (x, sigma, 3, 4, 2.0)),
+        (ops.dsm_reduced.default, (x, sigma, 3, 4, 2.0, 1)),
+        (ops.dsm_reduced.default, (x_cl, sigma, 3, 4, 1.5, 2, None, one(7, torch.int64))),
         (ops.dsm_backward.default, (torch.rand(2, device=device), x, sigma, 3, 4, 2.0)),
         (ops.langevin_step_.default, (x.clone(), torch.randn_like(x), 0.1, 3, 4, 0.5)),
         (ops.langevin_step_.default, (x.clone(), torch.randn_like(x), 0.0, 0, 0, -1.0, one(0.1), one(3, torch.int64),
@@ -279,8 +287,8 @@ def _opcheck_cases(device):
 def test_opcheck_every_op(device):
     cases = _opcheck_cases(device)
     assert {op._overloadpacket for op, _ in cases} == {getattr(ops, name) for name in (
-        "norm_forward", "norm_backward", "perturb", "dsm_per_sample", "dsm_backward", "langevin_step_", "normal_",
-        "philox4x32_10")}
+        "norm_forward", "norm_backward", "norm_forward_lookup", "norm_backward_lookup", "perturb", "dsm_per_sample",
+        "dsm_reduced", "dsm_backward", "langevin_step_", "normal_", "philox4x32_10")}
     for op, args in cases:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
@@ -313,6 +321,16 @@ def test_opcheck_every_op(device):
                                  torch.ones(3, device=d), torch.ones(3, device=d), torch.ones(2, 2, device=d),
                                  torch.ones(2, 3, device=d), torch.ones(2, 3, device=d), 1e-5, 0),
      "beta must have shape"),
+    (lambda d: ops.norm_forward_lookup(torch.randn(2, 3, 4, 4, device=d), torch.tensor([0, 1], device=d),
+                                       torch.ones(4, 8, device=d), 1e-5, 0), r"table must have shape \(L, 3C\)"),
+    (lambda d: ops.norm_forward_lookup(torch.randn(2, 3, 4, 4, device=d), torch.tensor([0.0, 1.0], device=d),
+                                       torch.ones(4, 9, device=d), 1e-5, 0), "labels must be an int64 or int32"),
+    (lambda d: ops.norm_backward_lookup(torch.randn(2, 3, 4, 4, device=d), torch.randn(2, 3, 4, 4, device=d),
+                                        torch.tensor([0], device=d), torch.ones(4, 9, device=d),
+                                        torch.ones(2, 3, device=d), torch.ones(2, 3, device=d), 1e-5, 0),
+     r"labels must have shape \(N,\)"),
+    (lambda d: ops.dsm_reduced(torch.randn(3, 4, device=d), torch.ones(3, device=d), 0, 0, 2.0, 0),
+     "reduction must be 1"),
     (lambda d: ops.perturb(torch.randn(3, 4, device=d), torch.ones(2, device=d), 0, 0), "sigma must have shape"),
     (lambda d: ops.perturb(torch.randn(3, 4, device=d), torch.ones(3, device=d), -1, 0), "seed must be in"),
     (lambda d: ops.perturb(torch.randn(3, 4, device=d), torch.ones(3, device=d), 0, 2**63 - 5), "offset must be in"),

@@ -154,10 +154,10 @@ def test_bad_arguments():
         norm(x, torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"\(N,\)"):
         norm(x, torch.tensor([0, 1, 2]))
-    with pytest.raises(TypeError, match="y"):
+    with pytest.raises(TypeError, match="labels"):
         norm(x, [0, 1])
     with pytest.raises(IndexError):
-        norm(x, torch.tensor([0, 3]))  # label out of range: the embedding lookup says so
+        norm(x, torch.tensor([0, 3]))  # label out of range: the op's lookup says so
     with pytest.raises(ValueError, match="x must be 4-D"):
         norm(torch.randn(2, 4, 5), torch.tensor([0, 1]))
 
@@ -172,6 +172,13 @@ def test_modules_use_default_backend(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fnn, "cond_instance_norm_plus", spy)
+    real_lookup = fnn.cond_instance_norm_plus_lookup
+
+    def spy_lookup(*args, **kwargs):
+        seen.append(kwargs.get("backend"))
+        return real_lookup(*args, **kwargs)
+
+    monkeypatch.setattr(fnn, "cond_instance_norm_plus_lookup", spy_lookup)
     x, y = torch.randn(2, 4, 3, 3), torch.tensor([0, 1])
     CondInstanceNorm2dPlus(4, 2)(x, y)
     CondInstanceNorm2d(4, 2)(x, y)

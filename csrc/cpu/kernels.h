@@ -34,7 +34,9 @@ struct Shape {
 };
 
 // gamma, alpha and beta (null when absent), in the arithmetic dtype, each (N, C) or (C,), any strides:
-// a parameter's value for (n, c) is data[n * stride + c * col_stride], stride 0 for (C,).
+// a parameter's value for (n, c) is data[r * stride + c * col_stride], stride 0 for (C,), where r is
+// n, or rows[n] when rows is given (the lookup form: the parameters are tables of L rows, already
+// checked to hold every rows[n]).
 template <typename acc_t>
 struct NormParams {
   const acc_t* gamma;
@@ -42,6 +44,7 @@ struct NormParams {
   const acc_t* beta;
   int64_t gamma_stride, alpha_stride, beta_stride;
   int64_t gamma_col, alpha_col, beta_col;
+  const int64_t* rows = nullptr;
 };
 
 template <typename scalar_t>

@@ -22,6 +22,7 @@ constexpr int64_t kChannelBlock = 64;  // channels per channels_last statistics 
 
 template <typename acc_t>
 SampleParams<acc_t> sample_params(const NormParams<acc_t>& p, int64_t n) {
+  if (p.rows) n = p.rows[n];
   return {p.gamma + n * p.gamma_stride, p.alpha + n * p.alpha_stride, p.beta ? p.beta + n * p.beta_stride : nullptr,
           p.gamma_col, p.alpha_col, p.beta_col};
 }

@@ -366,6 +366,16 @@ at::Tensor dsm_per_sample_cuda(const at::Tensor& scores, const at::Tensor& sigma
                                      offset_t, false));
 }
 
+at::Tensor dsm_reduced_cuda(const at::Tensor& scores, const at::Tensor& sigma, int64_t seed, int64_t offset,
+                            double power, int64_t reduction, const c10::optional<at::Tensor>& seed_t,
+                            const c10::optional<at::Tensor>& offset_t) {
+  constexpr const char* op = "fastscore_ext::dsm_reduced";
+  TORCH_CHECK(reduction == 1 || reduction == 2, op, ": reduction must be 1 (mean) or 2 (sum), got ", reduction);
+  const at::Tensor losses = std::get<0>(dsm_losses_cuda(op, scores, sigma, seed, offset, power, seed_t, offset_t,
+                                                        false));
+  return reduction == 1 ? losses.mean() : losses.sum();
+}
+
 std::tuple<at::Tensor, at::Tensor> dsm_per_sample_and_grad_cuda(
     const at::Tensor& scores, const at::Tensor& sigma, int64_t seed, int64_t offset, double power,
     const c10::optional<at::Tensor>& seed_t, const c10::optional<at::Tensor>& offset_t) {
@@ -459,6 +469,7 @@ TORCH_LIBRARY_IMPL(fastscore_ext, CUDA, m) {
   m.impl("normal_", &normal_cuda);
   m.impl("perturb", &perturb_cuda);
   m.impl("dsm_per_sample", &dsm_per_sample_cuda);
+  m.impl("dsm_reduced", &dsm_reduced_cuda);
   m.impl("dsm_per_sample_and_grad", &dsm_per_sample_and_grad_cuda);
   m.impl("dsm_backward", &dsm_backward_cuda);
   m.impl("langevin_step_", &langevin_step_cuda);

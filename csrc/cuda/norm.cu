@@ -70,14 +70,22 @@ __device__ __forceinline__ void store_run(scalar_t* p, int64_t i0, const at::opm
 
 // ---- per-sample (cross-channel) coefficients, one block per sample ------------------------------
 
-// gamma, alpha, beta (beta may be null) in the arithmetic dtype, by row and column strides.
+// gamma, alpha, beta (beta may be null) in the arithmetic dtype, by row and column strides. Sample n
+// reads row n, or row rows[n] in the lookup form (the parameters are then tables of n_rows rows, and a
+// label out of range is a device-side assert, as in an embedding lookup: the host never reads labels).
 template <typename acc_t>
 struct ParamView {
   const acc_t* gamma;
   const acc_t* alpha;
   const acc_t* beta;
   int64_t g_row, a_row, b_row, g_col, a_col, b_col;
+  const int64_t* rows;
+  int64_t n_rows;
   __device__ __forceinline__ SampleParams<acc_t> at(int64_t n) const {
+    if (rows != nullptr) {
+      n = rows[n];
+      CUDA_KERNEL_ASSERT(n >= 0 && n < n_rows && "fastscore_ext norm lookup: a label is out of range of the table");
+    }
     return {gamma + n * g_row, alpha + n * a_row, beta ? beta + n * b_row : nullptr, g_col, a_col, b_col};
   }
 };
@@ -494,19 +502,15 @@ __global__ void dx_kernel(const scalar_t* __restrict__ x, const scalar_t* __rest
 struct Problem {
   at::Tensor x, gamma, alpha;
   c10::optional<at::Tensor> beta;
+  at::Tensor table, labels;  // the lookup form when table is defined: K blocks of C columns per row
+  int64_t K = 0;
   int64_t N, C, HW;
   bool cl;
+  bool has_beta() const { return table.defined() ? K == 3 : beta.has_value(); }
 };
 
-// Parameters stay as given (strided views are read in place); only a dtype other than the arithmetic
-// one is converted (checked_param).
-Problem make_problem(const char* op, const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& alpha_in,
-                     const c10::optional<at::Tensor>& beta_in, double eps, int64_t act) {
-  check_norm_x(op, x_in, eps, act);
+Problem problem_of(const at::Tensor& x_in) {
   Problem p;
-  p.gamma = checked_param(op, "gamma", gamma_in, x_in);
-  p.alpha = checked_param(op, "alpha", alpha_in, x_in);
-  if (beta_in.has_value() && beta_in->defined()) p.beta = checked_param(op, "beta", *beta_in, x_in);
   p.x = dense_input(x_in);
   p.N = p.x.size(0);
   p.C = p.x.size(1);
@@ -515,14 +519,44 @@ Problem make_problem(const char* op, const at::Tensor& x_in, const at::Tensor& g
   return p;
 }
 
+// Parameters stay as given (strided views are read in place); only a dtype other than the arithmetic
+// one is converted (checked_param).
+Problem make_problem(const char* op, const at::Tensor& x_in, const at::Tensor& gamma_in, const at::Tensor& alpha_in,
+                     const c10::optional<at::Tensor>& beta_in, double eps, int64_t act) {
+  check_norm_x(op, x_in, eps, act);
+  Problem p = problem_of(x_in);
+  p.gamma = checked_param(op, "gamma", gamma_in, x_in);
+  p.alpha = checked_param(op, "alpha", alpha_in, x_in);
+  if (beta_in.has_value() && beta_in->defined()) p.beta = checked_param(op, "beta", *beta_in, x_in);
+  return p;
+}
+
+// The lookup form: the labels stay on the device, checked by the kernels as they read them.
+Problem make_lookup_problem(const char* op, const at::Tensor& x_in, const at::Tensor& labels,
+                            const at::Tensor& table, double eps, int64_t act) {
+  check_norm_x(op, x_in, eps, act);
+  const Lookup lookup = checked_lookup(op, labels, table, x_in);
+  Problem p = problem_of(x_in);
+  p.table = lookup.table;
+  p.labels = lookup.labels;
+  p.K = lookup.K;
+  return p;
+}
+
 template <typename acc_t>
 ParamView<acc_t> param_view(const Problem& p) {
+  if (p.table.defined()) {
+    const acc_t* base = p.table.data_ptr<acc_t>();
+    const int64_t row = p.table.stride(0), col = p.table.stride(1);
+    return {base, base + p.C * col, p.K == 3 ? base + 2 * p.C * col : nullptr, row, row, row, col, col, col,
+            p.labels.data_ptr<int64_t>(), p.table.size(0)};
+  }
   auto row = [](const at::Tensor& t) { return t.dim() == 2 ? t.stride(0) : int64_t(0); };
   auto col = [](const at::Tensor& t) { return t.stride(t.dim() - 1); };
   const at::Tensor* b = p.beta ? &*p.beta : nullptr;
   return {p.gamma.data_ptr<acc_t>(), p.alpha.data_ptr<acc_t>(), b ? b->data_ptr<acc_t>() : nullptr,
           row(p.gamma), row(p.alpha), b ? row(*b) : int64_t(0),
-          col(p.gamma), col(p.alpha), b ? col(*b) : int64_t(0)};
+          col(p.gamma), col(p.alpha), b ? col(*b) : int64_t(0), nullptr, 0};
 }
 
 // Blocks per sample of the statistics and sums kernels: one per plane (NCHW), one per 32 channels (NHWC).
@@ -561,11 +595,7 @@ at::Tensor sample_counter(const Problem& p) {
   return at::zeros({p.N}, p.x.options().dtype(at::kInt));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cuda(const at::Tensor& x_in, const at::Tensor& gamma_in,
-                                                                 const at::Tensor& alpha_in,
-                                                                 const c10::optional<at::Tensor>& beta_in, double eps,
-                                                                 int64_t act) {
-  const Problem p = make_problem("fastscore_ext::norm_forward", x_in, gamma_in, alpha_in, beta_in, eps, act);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(const Problem& p, double eps, int64_t act) {
   const c10::cuda::CUDAGuard guard(p.x.device());
   const auto acc = p.x.options().dtype(acc_dtype(p.x.scalar_type()));
   at::Tensor y = at::empty_like(p.x);
@@ -592,12 +622,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cuda(const at::Tenso
   return {y, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor> norm_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_in,
-                                                      const at::Tensor& gamma_in, const at::Tensor& alpha_in,
-                                                      const c10::optional<at::Tensor>& beta_in, const at::Tensor& mean_in,
-                                                      const at::Tensor& rstd_in, double eps, int64_t act) {
-  constexpr const char* op = "fastscore_ext::norm_backward";
-  const Problem p = make_problem(op, x_in, gamma_in, alpha_in, beta_in, eps, act);
+std::tuple<at::Tensor, at::Tensor> run_backward(const char* op, const Problem& p, const at::Tensor& grad_y,
+                                            const at::Tensor& x_in, const at::Tensor& mean_in,
+                                            const at::Tensor& rstd_in, double eps, int64_t act) {
   check_float_tensor(op, "grad_y", grad_y);
   TORCH_CHECK(grad_y.sizes() == x_in.sizes(), op, ": grad_y must have x's shape ", x_in.sizes(), ", got ",
               grad_y.sizes());
@@ -618,7 +645,7 @@ std::tuple<at::Tensor, at::Tensor> norm_backward_cuda(const at::Tensor& grad_y, 
   const auto acc = p.x.options().dtype(acc_type);
   auto nc = [&] { return at::empty({p.N, p.C}, acc); };
   at::Tensor scale = nc(), shift = nc(), S1 = nc(), S2 = nc(), c1 = nc(), c2 = nc(), c3 = nc();
-  const int64_t K = p.beta ? 3 : 2;
+  const int64_t K = p.has_beta() ? 3 : 2;
   at::Tensor dparams = at::empty({p.N, K, p.C}, acc);
   at::Tensor counter = sample_counter(p);
   at::Tensor dx = at::empty_like(p.x);
@@ -664,11 +691,42 @@ std::tuple<at::Tensor, at::Tensor> norm_backward_cuda(const at::Tensor& grad_y, 
   return {dx, dparams};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_cuda(const at::Tensor& x, const at::Tensor& gamma,
+                                                                 const at::Tensor& alpha,
+                                                                 const c10::optional<at::Tensor>& beta, double eps,
+                                                                 int64_t act) {
+  return run_forward(make_problem("fastscore_ext::norm_forward", x, gamma, alpha, beta, eps, act), eps, act);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_forward_lookup_cuda(const at::Tensor& x, const at::Tensor& labels,
+                                                                        const at::Tensor& table, double eps,
+                                                                        int64_t act) {
+  return run_forward(make_lookup_problem("fastscore_ext::norm_forward_lookup", x, labels, table, eps, act), eps, act);
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x,
+                                                      const at::Tensor& gamma, const at::Tensor& alpha,
+                                                      const c10::optional<at::Tensor>& beta, const at::Tensor& mean,
+                                                      const at::Tensor& rstd, double eps, int64_t act) {
+  constexpr const char* op = "fastscore_ext::norm_backward";
+  return run_backward(op, make_problem(op, x, gamma, alpha, beta, eps, act), grad_y, x, mean, rstd, eps, act);
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_backward_lookup_cuda(const at::Tensor& grad_y, const at::Tensor& x,
+                                                             const at::Tensor& labels, const at::Tensor& table,
+                                                             const at::Tensor& mean, const at::Tensor& rstd,
+                                                             double eps, int64_t act) {
+  constexpr const char* op = "fastscore_ext::norm_backward_lookup";
+  return run_backward(op, make_lookup_problem(op, x, labels, table, eps, act), grad_y, x, mean, rstd, eps, act);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastscore_ext, CUDA, m) {
   m.impl("norm_forward", &norm_forward_cuda);
   m.impl("norm_backward", &norm_backward_cuda);
+  m.impl("norm_forward_lookup", &norm_forward_lookup_cuda);
+  m.impl("norm_backward_lookup", &norm_backward_lookup_cuda);
 }
 
 }  // namespace cuda

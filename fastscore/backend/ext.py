@@ -335,14 +335,29 @@ def _norm_backward_fake(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor,
     return _like_dense(x), x.new_empty((x.shape[0], k, x.shape[1]), dtype=acc_dtype(x))
 
 
+def _norm_forward_lookup_fake(x: Tensor, labels: Tensor, table: Tensor, eps: float,
+                              activation: int) -> tuple[Tensor, Tensor, Tensor]:
+    return _like_dense(x), _per_plane(x), _per_plane(x)
+
+
+def _norm_backward_lookup_fake(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor,
+                               eps: float, activation: int) -> tuple[Tensor, Tensor]:
+    k = table.shape[1] // x.shape[1]
+    return _like_dense(x), x.new_empty((x.shape[0], k, x.shape[1]), dtype=acc_dtype(x))
+
+
 def _register_python_parts() -> None:
     torch.library.register_fake(_LIB + "norm_forward")(_norm_forward_fake)
     torch.library.register_fake(_LIB + "norm_backward")(_norm_backward_fake)
+    torch.library.register_fake(_LIB + "norm_forward_lookup")(_norm_forward_lookup_fake)
+    torch.library.register_fake(_LIB + "norm_backward_lookup")(_norm_backward_lookup_fake)
     torch.library.register_fake(_LIB + "perturb")(
         lambda x, sigma, seed, offset, *positions: torch.empty(x.shape, dtype=x.dtype, device=x.device))
     torch.library.register_fake(_LIB + "dsm_per_sample")(
         lambda scores, sigma, seed, offset, p, *positions: scores.new_empty((scores.shape[0],),
                                                                             dtype=acc_dtype(scores)))
+    torch.library.register_fake(_LIB + "dsm_reduced")(
+        lambda scores, sigma, seed, offset, p, reduction, *positions: scores.new_empty((), dtype=acc_dtype(scores)))
     torch.library.register_fake(_LIB + "dsm_per_sample_and_grad")(
         lambda scores, sigma, seed, offset, p, *positions: (
             scores.new_empty((scores.shape[0],), dtype=acc_dtype(scores)),
@@ -363,8 +378,11 @@ def _register_python_parts() -> None:
 class _Ops:
     norm_forward: Any
     norm_backward: Any
+    norm_forward_lookup: Any
+    norm_backward_lookup: Any
     perturb: Any
     dsm_per_sample: Any
+    dsm_reduced: Any
     dsm_per_sample_and_grad: Any
     dsm_backward: Any
     langevin_step_: Any
@@ -396,6 +414,19 @@ def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta:
     return dx, rows[0], rows[1], (rows[2] if beta is not None else None)
 
 
+def norm_forward_lookup(x: Tensor, labels: Tensor, table: Tensor, eps: float,
+                        activation: int) -> tuple[Tensor, Tensor, Tensor]:
+    out: tuple[Tensor, Tensor, Tensor] = _ops.norm_forward_lookup(x, labels, table, float(eps), int(activation))
+    return out
+
+
+def norm_backward_lookup(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor,
+                         eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    dx, dparams = _ops.norm_backward_lookup(grad_y, x, labels, table, mean, rstd, float(eps), int(activation))
+    rows = dparams.unbind(1)
+    return dx, rows[0], rows[1], (rows[2] if len(rows) == 3 else None)
+
+
 def _stream(seed: Position, offset: Position) -> tuple[int, int, Tensor | None, Tensor | None]:
     """(seed, offset, seed_t, offset_t) as the ops take them: a tensor (read by the kernel on the
     device, never here) goes as a tensor with 0 for its int."""
@@ -413,6 +444,17 @@ def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Positi
     seed_n, offset_n, seed_t, offset_t = _stream(seed, offset)
     out: Tensor = _ops.dsm_per_sample(scores, sigma, seed_n, offset_n, float(anneal_power), seed_t,
                                                          offset_t)
+    return out
+
+
+_REDUCTION_CODES = {"mean": 1, "sum": 2}
+
+
+def dsm_reduced(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float,
+                reduction: str) -> Tensor:
+    seed_n, offset_n, seed_t, offset_t = _stream(seed, offset)
+    out: Tensor = _ops.dsm_reduced(scores, sigma, seed_n, offset_n, float(anneal_power), _REDUCTION_CODES[reduction],
+                                   seed_t, offset_t)
     return out
 
 

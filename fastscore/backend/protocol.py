@@ -54,6 +54,27 @@ def like(t: Tensor, ref: Tensor) -> Tensor:
     return t if t.stride() == ref.stride() else t.contiguous(memory_format=memory_format_of(ref))
 
 
+#: the reductions of dsm_loss
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def reduce_losses(per_sample: Tensor, reduction: str) -> Tensor:
+    """Per-sample losses reduced as dsm_loss's reduction says: the one place the reduction is written."""
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+def gathered(labels: Tensor, table: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The lookup form's gamma, alpha, beta (None for a (L, 2C) table) as (N, C) views of one gather of
+    table's rows labels: how a backend without a lookup kernel of its own runs the lookup primitives."""
+    rows = table.index_select(0, labels)
+    blocks = rows.view(rows.shape[0], -1, c).unbind(1)
+    return blocks[0], blocks[1], (blocks[2] if len(blocks) == 3 else None)
+
+
 class Backend(Protocol):
     def unavailable_reason(self, device: torch.device) -> str | None:
         """None when the primitives can run on device, else one sentence saying why not."""
@@ -75,12 +96,30 @@ class Backend(Protocol):
         (K = 3 with beta, else 2): the layout of an embedding's (gamma | alpha | beta) rows, which the
         op then hands to autograd without a copy (see packed_param_grads in fastscore/ops/norm.py)."""
 
+    def norm_forward_lookup(self, x: Tensor, labels: Tensor, table: Tensor, eps: float,
+                            activation: int) -> tuple[Tensor, Tensor, Tensor]:
+        """norm_forward with sample n's parameters in row labels[n] (int64, (N,)) of table: (L, 3C) rows
+        (gamma | alpha | beta), or (L, 2C) rows (gamma | alpha) and no beta; an embedding's weight, any
+        strides. A label out of range raises IndexError on the CPU, a device-side assert elsewhere."""
+
+    def norm_backward_lookup(self, grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor,
+                             rstd: Tensor, eps: float, activation: int
+                             ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """norm_backward of norm_forward_lookup: the parameter gradients per sample as there (the caller
+        adds row n into the table's row labels[n])."""
+
     def perturb(self, x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tensor:
         """x + sigma[n] z in x's dtype (any dense layout; the caller restores x's memory format)."""
 
     def dsm_per_sample(self, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                        anneal_power: float) -> Tensor:
         """l[n] = 0.5 sigma[n]^p sum_d (scores[n, d] + z[n, d] / sigma[n])^2, (N,) in acc."""
+
+    def dsm_reduced(self, scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float,
+                    reduction: str) -> Tensor:
+        """reduce_losses(dsm_per_sample(...), reduction) for "mean" or "sum": a 0-d tensor in acc, in one
+        call where the backend can (for a small batch a separate reduction costs more host time than the
+        loss). What dsm_loss runs when nothing needs a gradient."""
 
     def dsm_per_sample_and_grad(self, scores: Tensor, sigma: Tensor, seed: Position, offset: Position,
                                 anneal_power: float) -> tuple[Tensor, Tensor]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.types import Device
 
 from ..noise import randn as _noise_randn
-from .protocol import ACTIVATION_CODES, Number, Position, Tensor, acc_dtype, memory_format_of
+from .protocol import ACTIVATION_CODES, Number, Position, Tensor, acc_dtype, gathered, memory_format_of, reduce_losses
 
 
 def _per_sample(p: torch.Tensor | None, n: int, c: int, dtype: torch.dtype) -> torch.Tensor | float:
@@ -143,6 +143,16 @@ def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta:
     return dx, s2 + alpha_nc * muhat * s1, gamma_nc * muhat * s1, (s1 if beta is not None else None)
 
 
+def norm_forward_lookup(x: Tensor, labels: Tensor, table: Tensor, eps: float,
+                        activation: int) -> tuple[Tensor, Tensor, Tensor]:
+    return norm_forward(x, *gathered(labels, table, x.shape[1]), eps, activation)
+
+
+def norm_backward_lookup(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor,
+                         eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    return norm_backward(grad_y, x, *gathered(labels, table, x.shape[1]), mean, rstd, eps, activation)
+
+
 def _channel_standardised(mean: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """(muhat, rv): each plane mean standardised over its sample's channels, and 1 / sqrt(v + eps)."""
     c = mean.shape[1]
@@ -163,6 +173,11 @@ def _activation_slope(pre: Tensor, activation: str | None) -> Tensor:
 
 def dsm_per_sample(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float) -> Tensor:
     return dsm_loss(scores, sigma, seed, offset, anneal_power, "none")
+
+
+def dsm_reduced(scores: Tensor, sigma: Tensor, seed: Position, offset: Position, anneal_power: float,
+                reduction: str) -> Tensor:
+    return reduce_losses(dsm_per_sample(scores, sigma, seed, offset, anneal_power), reduction)
 
 
 def dsm_per_sample_and_grad(scores: Tensor, sigma: Tensor, seed: Position, offset: Position,

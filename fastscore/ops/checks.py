@@ -94,6 +94,37 @@ def norm_args(x: object, gamma: object, alpha: object, beta: object, eps: object
     finite_number("eps", eps, positive=True)
 
 
+_LABEL_DTYPES = (torch.int64, torch.int32)
+
+
+def lookup_args(x: object, labels: object, table: object, eps: object) -> None:
+    """cond_instance_norm_plus_lookup's arguments: x as for the norm, labels (N,) int64 or int32 and table
+    (L, 3C) or (L, 2C) on x's device. The labels' values are the backends' to check (reading them here
+    would synchronise a GPU). The common valid call is recognised from a few attribute reads."""
+    if (isinstance(x, torch.Tensor) and x.dtype in _FLOAT_DTYPE_SET and x.dim() == 4 and x.numel()
+            and type(eps) is float and 0.0 < eps < math.inf
+            and isinstance(labels, torch.Tensor) and labels.dtype in _LABEL_DTYPES and labels.dim() == 1
+            and isinstance(table, torch.Tensor) and table.dtype in _FLOAT_DTYPE_SET and table.dim() == 2):
+        n, c = x.shape[0], x.shape[1]
+        if (labels.shape[0] == n and table.shape[0] and (table.shape[1] == 3 * c or table.shape[1] == 2 * c)
+                and labels.device == x.device and table.device == x.device):
+            return
+    x = tensor("x", x, dim=4)
+    n, c = x.shape[0], x.shape[1]
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in _LABEL_DTYPES:
+        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise TypeError(f"labels (the noise levels) must be an integer tensor, int64 or int32, got {got}")
+    if labels.dim() != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must have shape (N,) = ({n},) to match x, got {tuple(labels.shape)}")
+    same_device("labels", labels, "x", x)
+    table = tensor("table", table, dim=2)
+    if table.shape[1] not in (3 * c, 2 * c):
+        raise ValueError(f"table must have shape (L, 3C) = (L, {3 * c}) for (gamma | alpha | beta) rows or "
+                         f"(L, 2C) = (L, {2 * c}) for (gamma | alpha) rows, got {tuple(table.shape)}")
+    same_device("table", table, "x", x)
+    finite_number("eps", eps, positive=True)
+
+
 def langevin_args(x: object, score: object, step_size: object, noise_scale: object) -> None:
     """langevin_step_'s x, score, step_size and noise_scale (None: sqrt(2 step_size)); the common valid
     call (float numbers) is recognised from a few attribute reads, as in norm_args."""
@@ -156,6 +187,11 @@ def sigma(s: object, x: torch.Tensor, x_name: str) -> None:
             raise ValueError(f"sigma must have shape (N,) = ({x.shape[0]},) to match {x_name}, "
                              f"got {tuple(s.shape)}")
         same_device("sigma", s, x_name, x)
+    sigma_values(s)
+
+
+def sigma_values(s: torch.Tensor) -> None:
+    """sigma's values finite and > 0: read on the CPU, a device-side assert elsewhere."""
     if reads_on_host(s):
         if s.numel() <= _HOST_LIST_MAX:
             # Read as Python floats: one copy instead of several tensor ops. min() can step over a NaN,
@@ -167,6 +203,23 @@ def sigma(s: object, x: torch.Tensor, x_name: str) -> None:
         value_check(s, lambda t: (t > 0).all(), "sigma must be > 0", lambda t: f"min {t.min().item()}")
     else:  # one device-side assert rather than two
         value_check(s, lambda t: (torch.isfinite(t) & (t > 0)).all(), "sigma must be finite and > 0")
+
+
+def noise_args(x_name: str, x: object, s: object, seed: object, offset: object
+               ) -> tuple[int, int, torch.Tensor | None, torch.Tensor | None]:
+    """perturb's and dsm_loss's data x, sigma and stream position, as tensor, sigma and stream_positions
+    check them; returns stream_positions' tuple. The common valid call (an integer position) is
+    recognised from a few attribute reads, as in norm_args; anything else gets the detailed checks."""
+    if (type(seed) is int and type(offset) is int and isinstance(x, torch.Tensor) and isinstance(s, torch.Tensor)
+            and x.dtype in _FLOAT_DTYPE_SET and s.dtype in _FLOAT_DTYPE_SET and s.dim() == 1 and x.dim()
+            and s.shape[0] == x.shape[0] and s.device == x.device):
+        numel = x.numel()
+        if numel and 0 <= seed <= MAX_SEED and 0 <= offset and offset + numel <= MAX_SEED + 1:
+            sigma_values(s)
+            return seed, offset, None, None
+    x = tensor(x_name, x)
+    sigma(s, x, x_name)
+    return stream_positions(seed, offset, x)
 
 
 def choice(name: str, value: object, allowed: tuple[object, ...]) -> None:

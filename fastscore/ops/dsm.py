@@ -1,22 +1,23 @@
 """The denoising score-matching pair: perturb draws z from (seed, offset), dsm_loss regenerates it.
 
 Each is registered once (torch.ops.fastscore.perturb, .dsm_loss_per_sample and its backward) with one
-autograd formula over the chosen backend's primitives; the loss's reduction is written here, once.
+autograd formula over the chosen backend's primitives; the loss's reduction is protocol.reduce_losses,
+which a backend's dsm_reduced runs in the same call as the loss when nothing needs a gradient.
 sigma, a noise level, is a constant of the objective: it gets no gradient, on any backend.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from ..backend.dispatch import module as backend_module
 from ..backend.dispatch import resolved as resolved_backend
-from ..backend.protocol import Position, acc_dtype, dense, like
+from ..backend.protocol import REDUCTIONS, Position, acc_dtype, dense, like, reduce_losses
 from . import checks, eager
 
 Tensor = torch.Tensor
-REDUCTIONS = ("mean", "sum", "none")
 
 
 def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position = 0, *,
@@ -27,9 +28,7 @@ def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position = 0, *,
     seed and offset are ints or one-element int64 tensors on x's device (read by the kernels on the
     device, never here), so a CUDA graph that captured this call can advance them between replays.
     """
-    checks.tensor("x", x)
-    checks.sigma(sigma, x, "x")
-    seed_n, offset_n, seed_t, offset_t = checks.stream_positions(seed, offset, x)
+    seed_n, offset_n, seed_t, offset_t = checks.noise_args("x", x, sigma, seed, offset)
     args = (dense(x), sigma, seed_n, offset_n, seed_t, offset_t, resolved_backend(backend, x.device))
     out: Tensor
     if not eager.plain(x):
@@ -58,35 +57,30 @@ def dsm_loss(
     the noise is regenerated, never stored. Differentiable in scores; sigma gets no gradient. seed and
     offset: as for perturb; the backward regenerates the noise at the position the forward used.
     """
-    checks.tensor("scores", scores)
-    checks.sigma(sigma, scores, "scores")
-    seed_n, offset_n, seed_t, offset_t = checks.stream_positions(seed, offset, scores)
-    checks.finite_number("anneal_power", anneal_power)
-    checks.choice("reduction", reduction, REDUCTIONS)
-    args = (dense(scores), sigma, seed_n, offset_n, float(anneal_power), seed_t, offset_t,
-            resolved_backend(backend, scores.device))
+    seed_n, offset_n, seed_t, offset_t = checks.noise_args("scores", scores, sigma, seed, offset)
+    if type(anneal_power) is not float or not math.isfinite(anneal_power):
+        checks.finite_number("anneal_power", anneal_power)
+    if reduction not in REDUCTIONS:
+        checks.choice("reduction", reduction, REDUCTIONS)
+    name = resolved_backend(backend, scores.device)
+    args = (dense(scores), sigma, seed_n, offset_n, float(anneal_power), seed_t, offset_t, name)
+    grad_mode = torch.is_grad_enabled()
     per_sample: Tensor
     if not eager.plain(scores):
-        if scores.requires_grad and torch.is_grad_enabled():
+        if scores.requires_grad and grad_mode:
             # The gradient is written in the forward, from the same draw of z, and kept for the backward.
             per_sample = torch.ops.fastscore.dsm_loss_per_sample_and_grad(*args)[0]
         else:
             per_sample = torch.ops.fastscore.dsm_loss_per_sample(*args)
-    elif scores.requires_grad and torch.is_grad_enabled():
+    elif scores.requires_grad and grad_mode:
         per_sample = _DsmFunction.apply(*args)[0]   # the same autograd as the op's, called directly
-    elif eager.needs_grad(sigma):
+    elif sigma.requires_grad and grad_mode:
         per_sample = torch.ops.fastscore.dsm_loss_per_sample(*args)  # the op's policy for sigma, as is
+    elif reduction != "none":  # the loss and its reduction in one backend call
+        return backend_module(name).dsm_reduced(args[0], sigma, seed, offset, args[4], reduction)
     else:
         per_sample = _dsm_impl(*args)
     return reduce_losses(per_sample, reduction)
-
-
-def reduce_losses(per_sample: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
 
 
 # ---- registration and autograd ---------------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""cond_instance_norm_plus: CondInstanceNorm++ with an optional fused activation.
+"""cond_instance_norm_plus: CondInstanceNorm++ with an optional fused activation, and its lookup form.
 
-The public op, registered once as torch.ops.fastscore.cond_instance_norm_plus (and its backward), with
-one autograd formula over the chosen backend's norm_forward / norm_backward primitives.
+cond_instance_norm_plus is registered once as torch.ops.fastscore.cond_instance_norm_plus (and its
+backward), with one autograd formula over the chosen backend's norm_forward / norm_backward primitives.
+cond_instance_norm_plus_lookup, the same norm reading each sample's parameters from an embedding's
+weight by its label (what fastscore.nn.CondInstanceNorm2dPlus calls), is registered as
+torch.ops.fastscore.cond_instance_norm_plus_lookup with its own autograd over the *_lookup primitives.
 """
 from __future__ import annotations
 
@@ -137,3 +140,107 @@ def _differentiate(ctx: Any, grad_y: Tensor, _grad_mean: Tensor | None, _grad_rs
 
 _forward.register_autograd(_differentiate, setup_context=_setup_context)
 _NormFunction = eager.function("_NormFunction", _norm_forward, _setup_context, _differentiate)
+
+
+# ---- the lookup form ---------------------------------------------------------------------------------
+
+def cond_instance_norm_plus_lookup(
+    x: Tensor,
+    labels: Tensor,
+    table: Tensor,
+    eps: float = 1e-5,
+    activation: str | None = None,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """cond_instance_norm_plus with sample n's parameters in row labels[n] of table: (L, 3C) rows
+    (gamma | alpha | beta), or (L, 2C) rows (gamma | alpha) and no beta, as the weight of an
+    nn.Embedding(L, 3C) holds them. The same as
+
+        gamma, alpha, beta = table[labels].view(N, 3, C).unbind(1)
+        cond_instance_norm_plus(x, gamma, alpha, beta, eps, activation)
+
+    in one call: the fused backends read the rows in place (no gathered copy), and the gradient of table
+    is the per-sample parameter gradients added into their rows. Differentiable in x and table. labels
+    (N,) int64 or int32 are not read on the host: a label outside [0, L) raises IndexError on the CPU and
+    is a device-side assert on a GPU.
+    """
+    checks.lookup_args(x, labels, table, eps)
+    try:
+        code = ACTIVATION_CODES[activation]
+    except (KeyError, TypeError):
+        checks.choice("activation", activation, ACTIVATIONS)
+        raise
+    args = (dense(x), labels, table, float(eps), code, resolved_backend(backend, x.device))
+    y: Tensor
+    if not eager.plain(x):
+        y = torch.ops.fastscore.cond_instance_norm_plus_lookup(*args)[0]
+    elif eager.needs_grad(x, table):
+        y = _LookupFunction.apply(*args)[0]
+    else:
+        y = _lookup_forward(*args)[0]
+    return y
+
+
+def _lookup_forward(x: Tensor, labels: Tensor, table: Tensor, eps: float, activation: int,
+                    backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return backend_module(backend).norm_forward_lookup(x, labels, table, eps, activation)
+
+
+_lookup = torch.library.custom_op("fastscore::cond_instance_norm_plus_lookup", _lookup_forward, mutates_args=())
+
+
+@_lookup.register_fake
+def _(x: Tensor, labels: Tensor, table: Tensor, eps: float, activation: int,
+      backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    stats = x.new_empty(x.shape[:2], dtype=acc_dtype(x))
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+def _lookup_backward(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor,
+                     eps: float, activation: int, backend: str) -> tuple[Tensor, Tensor]:
+    """(dx, dtable): row n of the per-sample parameter gradients (N, K, C) added into row labels[n] of a
+    zero table, in the arithmetic dtype, by the embedding's own backward: on a GPU it sorts the labels
+    rather than adding atomically, so the sum, and training, stay bit-reproducible."""
+    dx, dgamma, dalpha, dbeta = backend_module(backend).norm_backward_lookup(
+        grad_y, x, labels, table, mean, rstd, eps, activation)
+    dparams = packed_param_grads(dgamma, dalpha, dbeta)
+    dtable = torch.ops.aten.embedding_dense_backward(dparams.view(dparams.shape[0], -1), labels, table.shape[0],
+                                                     -1, False)
+    return dx, dtable if dtable.dtype == table.dtype else dtable.to(table.dtype)
+
+
+_lookup_backward_op = torch.library.custom_op("fastscore::cond_instance_norm_plus_lookup_backward",
+                                              _lookup_backward, mutates_args=())
+
+
+@_lookup_backward_op.register_fake
+def _(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor, eps: float,
+      activation: int, backend: str) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), table.new_empty(table.shape)
+
+
+def _lookup_setup(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, float, int, str],
+                  output: tuple[Tensor, Tensor, Tensor]) -> None:
+    x, labels, table, eps, activation, backend = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, labels, table, mean, rstd)
+    ctx.args = (eps, activation, backend)
+
+
+def _lookup_differentiate(ctx: Any, grad_y: Tensor, _grad_mean: Tensor | None, _grad_rstd: Tensor | None
+                          ) -> tuple[Tensor | None, None, Tensor | None, None, None, None]:
+    x, labels, table, mean, rstd = ctx.saved_tensors
+    if grad_y is None:
+        return None, None, None, None, None, None
+    backward = (_lookup_backward if eager.plain(grad_y)
+                else torch.ops.fastscore.cond_instance_norm_plus_lookup_backward)
+    dx, dtable = backward(like(grad_y, x), x, labels, table, mean, rstd, *ctx.args)
+    need = ctx.needs_input_grad
+    return dx if need[0] else None, None, dtable if need[2] else None, None, None, None
+
+
+_lookup.register_autograd(_lookup_differentiate, setup_context=_lookup_setup)
+_LookupFunction = eager.function("_LookupFunction", _lookup_forward, _lookup_setup, _lookup_differentiate)
