@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from fastscore.backend.protocol import Number, Position, Tensor, gathered, reduce_losses
+from fastscore.backend.protocol import Number, Position, Tensor, lookup_by_gathering, reduce_losses
 
 
 @functools.cache
@@ -70,15 +70,8 @@ def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta:
     return instance_norm.norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, eps, activation)
 
 
-def norm_forward_lookup(x: Tensor, labels: Tensor, table: Tensor, eps: float,
-                        activation: int) -> tuple[Tensor, Tensor, Tensor]:
-    # One gather of the rows, then the kernels above (they read the gathered views in place).
-    return norm_forward(x, *gathered(labels, table, x.shape[1]), eps, activation)
-
-
-def norm_backward_lookup(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor,
-                         eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    return norm_backward(grad_y, x, *gathered(labels, table, x.shape[1]), mean, rstd, eps, activation)
+# One gather of the rows, then the kernels above (they read the gathered views in place).
+norm_forward_lookup, norm_backward_lookup = lookup_by_gathering(norm_forward, norm_backward)
 
 
 def perturb(x: Tensor, sigma: Tensor, seed: Position, offset: Position) -> Tensor:

@@ -18,6 +18,7 @@ Conventions for every primitive:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -69,10 +70,29 @@ def reduce_losses(per_sample: Tensor, reduction: str) -> Tensor:
 
 def gathered(labels: Tensor, table: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor | None]:
     """The lookup form's gamma, alpha, beta (None for a (L, 2C) table) as (N, C) views of one gather of
-    table's rows labels: how a backend without a lookup kernel of its own runs the lookup primitives."""
+    table's rows labels."""
     rows = table.index_select(0, labels)
     blocks = rows.view(rows.shape[0], -1, c).unbind(1)
     return blocks[0], blocks[1], (blocks[2] if len(blocks) == 3 else None)
+
+
+NormOutputs = tuple[Tensor, Tensor, Tensor]                # y, mean, rstd
+NormGrads = tuple[Tensor, Tensor, Tensor, Tensor | None]   # dx, dgamma, dalpha, dbeta
+
+
+def lookup_by_gathering(norm_forward: Callable[..., NormOutputs], norm_backward: Callable[..., NormGrads]
+                        ) -> tuple[Callable[..., NormOutputs], Callable[..., NormGrads]]:
+    """norm_forward_lookup and norm_backward_lookup for a backend without lookup kernels: one gather of
+    the rows (gathered), then its own norm_forward / norm_backward on them."""
+    def norm_forward_lookup(x: Tensor, labels: Tensor, table: Tensor, eps: float,
+                            activation: int) -> NormOutputs:
+        return norm_forward(x, *gathered(labels, table, x.shape[1]), eps, activation)
+
+    def norm_backward_lookup(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor,
+                             eps: float, activation: int) -> NormGrads:
+        return norm_backward(grad_y, x, *gathered(labels, table, x.shape[1]), mean, rstd, eps, activation)
+
+    return norm_forward_lookup, norm_backward_lookup
 
 
 class Backend(Protocol):

@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from torch.types import Device
 
 from ..noise import randn as _noise_randn
-from .protocol import ACTIVATION_CODES, Number, Position, Tensor, acc_dtype, gathered, memory_format_of, reduce_losses
+from .protocol import (
+    ACTIVATION_CODES,
+    Number,
+    Position,
+    Tensor,
+    acc_dtype,
+    lookup_by_gathering,
+    memory_format_of,
+    reduce_losses,
+)
 
 
 def _per_sample(p: torch.Tensor | None, n: int, c: int, dtype: torch.dtype) -> torch.Tensor | float:
@@ -143,14 +152,7 @@ def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta:
     return dx, s2 + alpha_nc * muhat * s1, gamma_nc * muhat * s1, (s1 if beta is not None else None)
 
 
-def norm_forward_lookup(x: Tensor, labels: Tensor, table: Tensor, eps: float,
-                        activation: int) -> tuple[Tensor, Tensor, Tensor]:
-    return norm_forward(x, *gathered(labels, table, x.shape[1]), eps, activation)
-
-
-def norm_backward_lookup(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor,
-                         eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    return norm_backward(grad_y, x, *gathered(labels, table, x.shape[1]), mean, rstd, eps, activation)
+norm_forward_lookup, norm_backward_lookup = lookup_by_gathering(norm_forward, norm_backward)
 
 
 def _channel_standardised(mean: Tensor, eps: float) -> tuple[Tensor, Tensor]:
