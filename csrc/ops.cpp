@@ -127,8 +127,8 @@ ParamSource lookup_params(const char* op, const at::Tensor& labels, const at::Te
   const int64_t rows = lookup.table.size(0);
   const int64_t* r = lookup.labels.data_ptr<int64_t>();
   for (int64_t n = 0; n < lookup.labels.size(0); ++n) {
-    TORCH_CHECK_INDEX(r[n] >= 0 && r[n] < rows, op, ": labels[", n, "] = ", r[n], " is out of range for a table of ",
-                      rows, " rows");
+    TORCH_CHECK_INDEX(r[n] >= 0 && r[n] < rows, op, ": labels must be in [0, ", rows,
+                      ") (the table's rows), got labels[", n, "] = ", r[n]);
   }
   ParamSource src;
   src.table = lookup.table;
