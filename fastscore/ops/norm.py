@@ -200,8 +200,8 @@ def _(x: Tensor, labels: Tensor, table: Tensor, eps: float, activation: int,
 def _lookup_backward(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor,
                      eps: float, activation: int, backend: str) -> tuple[Tensor, Tensor]:
     """(dx, dtable): row n of the per-sample parameter gradients (N, K, C) added into row labels[n] of a
-    zero table, in the arithmetic dtype, by the embedding's own backward: on a GPU it sorts the labels
-    rather than adding atomically, so the sum, and training, stay bit-reproducible."""
+    zero table, in the arithmetic dtype, by the kernel an nn.Embedding's backward runs: the table gets
+    the gradient the embedding gave it when the module called one (and no host sync on CUDA)."""
     dx, dgamma, dalpha, dbeta = backend_module(backend).norm_backward_lookup(
         grad_y, x, labels, table, mean, rstd, eps, activation)
     dparams = packed_param_grads(dgamma, dalpha, dbeta)
