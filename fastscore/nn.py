@@ -113,8 +113,8 @@ class CondInstanceNorm2dPlus(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # The op reads each sample's (gamma | alpha | beta) row of the embedding's weight by its label
-        # (the embedding module is not called: no gathered rows, no views of them, no embedding backward;
-        # the weight's gradient comes from the op's backward). The label checks are the op's.
+        # (the embedding module is not called: no gathered rows and no views of them; the weight's
+        # gradient comes from the op's backward). The label checks are the op's.
         return cond_instance_norm_plus_lookup(x, y, self.embed.weight, self.eps, self.activation,
                                               backend=self.backend)
 

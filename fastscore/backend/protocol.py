@@ -118,7 +118,7 @@ class Backend(Protocol):
 
     def norm_forward_lookup(self, x: Tensor, labels: Tensor, table: Tensor, eps: float,
                             activation: int) -> tuple[Tensor, Tensor, Tensor]:
-        """norm_forward with sample n's parameters in row labels[n] (int64, (N,)) of table: (L, 3C) rows
+        """norm_forward with sample n's parameters in row labels[n] ((N,), int64 or int32) of table: (L, 3C) rows
         (gamma | alpha | beta), or (L, 2C) rows (gamma | alpha) and no beta; an embedding's weight, any
         strides. A label out of range raises IndexError on the CPU, a device-side assert elsewhere."""
 
