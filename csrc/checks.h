@@ -48,6 +48,11 @@ inline void check_finite(const char* op, const char* name, double v, bool positi
   }
 }
 
+// dsm_reduced's reduction code: 1 mean, 2 sum.
+inline void check_reduction(const char* op, int64_t reduction) {
+  TORCH_CHECK(reduction == 1 || reduction == 2, op, ": reduction must be 1 (mean) or 2 (sum), got ", reduction);
+}
+
 // t in dtype: t itself when it already is (Tensor::to would still make a dispatcher call).
 inline at::Tensor as_dtype(const at::Tensor& t, at::ScalarType dtype) {
   return t.scalar_type() == dtype ? t : t.to(dtype);

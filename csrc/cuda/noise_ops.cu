@@ -370,7 +370,7 @@ at::Tensor dsm_reduced_cuda(const at::Tensor& scores, const at::Tensor& sigma, i
                             double power, int64_t reduction, const c10::optional<at::Tensor>& seed_t,
                             const c10::optional<at::Tensor>& offset_t) {
   constexpr const char* op = "fastscore_ext::dsm_reduced";
-  TORCH_CHECK(reduction == 1 || reduction == 2, op, ": reduction must be 1 (mean) or 2 (sum), got ", reduction);
+  check_reduction(op, reduction);
   const at::Tensor losses = std::get<0>(dsm_losses_cuda(op, scores, sigma, seed, offset, power, seed_t, offset_t,
                                                         false));
   return reduction == 1 ? losses.mean() : losses.sum();

@@ -409,9 +409,14 @@ def norm_forward(x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, e
 def norm_backward(grad_y: Tensor, x: Tensor, gamma: Tensor, alpha: Tensor, beta: Tensor | None, mean: Tensor,
                   rstd: Tensor, eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     # The parameter grads come as rows of one (N, K, C) buffer; handed over as views into it.
-    dx, dparams = _ops.norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, float(eps), int(activation))
+    return _with_param_views(*_ops.norm_backward(grad_y, x, gamma, alpha, beta, mean, rstd, float(eps),
+                                                 int(activation)))
+
+
+def _with_param_views(dx: Tensor, dparams: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(dx, dgamma, dalpha, dbeta) as views of the (N, K, C) buffer the kernels write; dbeta None when K = 2."""
     rows = dparams.unbind(1)  # one call for the K views (indexing costs a few microseconds each)
-    return dx, rows[0], rows[1], (rows[2] if beta is not None else None)
+    return dx, rows[0], rows[1], (rows[2] if len(rows) == 3 else None)
 
 
 def norm_forward_lookup(x: Tensor, labels: Tensor, table: Tensor, eps: float,
@@ -422,9 +427,8 @@ def norm_forward_lookup(x: Tensor, labels: Tensor, table: Tensor, eps: float,
 
 def norm_backward_lookup(grad_y: Tensor, x: Tensor, labels: Tensor, table: Tensor, mean: Tensor, rstd: Tensor,
                          eps: float, activation: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    dx, dparams = _ops.norm_backward_lookup(grad_y, x, labels, table, mean, rstd, float(eps), int(activation))
-    rows = dparams.unbind(1)
-    return dx, rows[0], rows[1], (rows[2] if len(rows) == 3 else None)
+    return _with_param_views(*_ops.norm_backward_lookup(grad_y, x, labels, table, mean, rstd, float(eps),
+                                                        int(activation)))
 
 
 def _stream(seed: Position, offset: Position) -> tuple[int, int, Tensor | None, Tensor | None]:

@@ -153,6 +153,9 @@ def _item(t: torch.Tensor) -> str:
 
 def finite_number(name: str, value: object, *, positive: bool = False, non_negative: bool = False) -> None:
     """A Python number, or a one-element float tensor whose value is checked by value_check."""
+    if (type(value) is float and math.isfinite(value) and not (positive and value <= 0)
+            and not (non_negative and value < 0)):  # the common valid call, before any type tests
+        return
     if isinstance(value, torch.Tensor):
         if not value.is_floating_point():  # an integer or bool tensor's bits would be read as a float
             raise TypeError(f"{name} given as a tensor must be float32, float64, bfloat16 or float16, "
@@ -208,15 +211,15 @@ def sigma_values(s: torch.Tensor) -> None:
 def noise_args(x_name: str, x: object, s: object, seed: object, offset: object
                ) -> tuple[int, int, torch.Tensor | None, torch.Tensor | None]:
     """perturb's and dsm_loss's data x, sigma and stream position, as tensor, sigma and stream_positions
-    check them; returns stream_positions' tuple. The common valid call (an integer position) is
-    recognised from a few attribute reads, as in norm_args; anything else gets the detailed checks."""
-    if (type(seed) is int and type(offset) is int and isinstance(x, torch.Tensor) and isinstance(s, torch.Tensor)
-            and x.dtype in _FLOAT_DTYPE_SET and s.dtype in _FLOAT_DTYPE_SET and s.dim() == 1 and x.dim()
+    check them; returns stream_positions' tuple. Valid tensors are recognised from a few attribute reads,
+    as in norm_args; anything else gets the detailed checks."""
+    if (isinstance(x, torch.Tensor) and isinstance(s, torch.Tensor) and x.dtype in _FLOAT_DTYPE_SET
+            and s.dtype in _FLOAT_DTYPE_SET and s.dim() == 1 and x.dim() and x.numel()
             and s.shape[0] == x.shape[0] and s.device == x.device):
-        numel = x.numel()
-        if numel and 0 <= seed <= MAX_SEED and 0 <= offset and offset + numel <= MAX_SEED + 1:
-            sigma_values(s)
-            return seed, offset, None, None
+        sigma_values(s)
+        if valid_int_position(seed, offset, x.numel()):
+            return cast(int, seed), cast(int, offset), None, None
+        return stream_positions(seed, offset, x)
     x = tensor(x_name, x)
     sigma(s, x, x_name)
     return stream_positions(seed, offset, x)
@@ -236,6 +239,13 @@ def stream_position(name: str, value: torch.Tensor, x: torch.Tensor) -> None:
     same_device(name, value, "x", x)
 
 
+def valid_int_position(seed: object, offset: object, numel: int) -> bool:
+    """Whether seed and offset are ints within check_seed_offset's bounds for numel draws: the common
+    call's test, without a raise; anything else goes to check_seed_offset, which names what is wrong."""
+    return (type(seed) is int and type(offset) is int and 0 <= seed <= MAX_SEED and 0 <= offset
+            and offset + numel <= MAX_SEED + 1)
+
+
 def stream_positions(seed: object, offset: object, x: torch.Tensor
                      ) -> tuple[int, int, torch.Tensor | None, torch.Tensor | None]:
     """(seed, offset, seed_t, offset_t) of a noise-stream position for the numel elements of x.
@@ -245,9 +255,8 @@ def stream_positions(seed: object, offset: object, x: torch.Tensor
     offset_t with 0 in place of its int; an int comes back as itself with None for the tensor.
     """
     numel = x.numel()
-    if type(seed) is int and type(offset) is int:  # the common case: the bounds checked, nothing else to do
-        check_seed_offset(seed, offset, numel)
-        return seed, offset, None, None
+    if valid_int_position(seed, offset, numel):  # the common case: nothing else to check
+        return cast(int, seed), cast(int, offset), None, None
     seed_t = seed if isinstance(seed, torch.Tensor) else None
     offset_t = offset if isinstance(offset, torch.Tensor) else None
     check_seed_offset(0 if seed_t is not None else seed, 0 if offset_t is not None else offset,

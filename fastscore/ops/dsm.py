@@ -7,7 +7,6 @@ sigma, a noise level, is a constant of the objective: it gets no gradient, on an
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -58,10 +57,8 @@ def dsm_loss(
     offset: as for perturb; the backward regenerates the noise at the position the forward used.
     """
     seed_n, offset_n, seed_t, offset_t = checks.noise_args("scores", scores, sigma, seed, offset)
-    if type(anneal_power) is not float or not math.isfinite(anneal_power):
-        checks.finite_number("anneal_power", anneal_power)
-    if reduction not in REDUCTIONS:
-        checks.choice("reduction", reduction, REDUCTIONS)
+    checks.finite_number("anneal_power", anneal_power)
+    checks.choice("reduction", reduction, REDUCTIONS)
     name = resolved_backend(backend, scores.device)
     args = (dense(scores), sigma, seed_n, offset_n, float(anneal_power), seed_t, offset_t, name)
     grad_mode = torch.is_grad_enabled()
